@@ -1,0 +1,136 @@
+"""`AdaFuseConfig`: every choice `patch_model` makes, in one serialisable dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import AdaFuseConfigError
+
+#: Policies `patch_model` can insert. ``adafuse`` is the paper's learned policy; the
+#: others are the ablations of the paper's Table 4 (Sec. 4.4).
+POLICIES: dict[str, str] = {
+    "adafuse": "learned keep / reuse / skip (the paper's AdaFuse)",
+    "keep": "keep every channel (TSN; output identical to the unpatched model)",
+    "keep_skip": "learned keep / skip only ('Ada. Skip')",
+    "keep_reuse": "learned keep / reuse only ('Ada. Reuse')",
+    "random": "keep / reuse / skip sampled at fixed ratios ('Random')",
+    "threshold": "keep the channels with the largest activation L1 norm, skip the rest",
+}
+
+#: Policies whose decisions come from a trained policy network.
+LEARNED_POLICIES = frozenset({"adafuse", "keep_skip", "keep_reuse"})
+
+#: Default hidden width of a policy network when neither ``hidden_size`` nor
+#: ``hidden_quota`` is given.
+DEFAULT_HIDDEN_SIZE = 256
+
+
+@dataclasses.dataclass
+class AdaFuseConfig:
+    """How to patch a 2D backbone with AdaFuse blocks.
+
+    Args:
+        num_segments: frames per clip (T); the batch is laid out as N*T frames, frame
+            index fastest inside a clip.
+        policy: one of :data:`POLICIES`.
+        stages: indices of the stages to patch (a stage = the blocks sharing a parent
+            module, e.g. ``layer4``), Python-style, so ``(-1,)`` is the last stage
+            (the paper's "TSM+Last"). ``None`` patches every stage.
+        include: glob patterns on block names; if given, only matching blocks are patched.
+        exclude: glob patterns on block names that are never patched.
+        hidden_size: hidden width of every policy network.
+        hidden_quota: the paper's "hidden quota": hidden width = quota // c' (the first
+            conv's output channels). Exclusive with ``hidden_size``.
+        share_policy: share one policy network between blocks of equal shapes (the
+            paper's released ResNet-50 TSN/TSM models do this).
+        granularity: channels per decision (1 = one decision per channel).
+        tau: Gumbel-softmax temperature used in training; settable at run time.
+        random_ratios: keep / reuse / skip probabilities of the ``random`` policy.
+        threshold_keep_ratio: share of channels kept by the ``threshold`` policy.
+    """
+
+    num_segments: int = 8
+    policy: str = "adafuse"
+    stages: Sequence[int] | None = None
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    hidden_size: int | None = None
+    hidden_quota: int | None = None
+    share_policy: bool = False
+    granularity: int = 1
+    tau: float = 0.67
+    random_ratios: Sequence[float] = (1 / 3, 1 / 3, 1 / 3)
+    threshold_keep_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("stages", "include", "exclude", "random_ratios"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            if value is not None:
+                setattr(self, name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        if not isinstance(self.num_segments, int) or self.num_segments < 1:
+            raise AdaFuseConfigError(
+                f"num_segments must be a positive int, got {self.num_segments!r}"
+            )
+        if self.policy not in POLICIES:
+            raise AdaFuseConfigError(
+                f"unknown policy {self.policy!r}; choose one of {sorted(POLICIES)}"
+            )
+        if self.hidden_size is not None and self.hidden_quota is not None:
+            raise AdaFuseConfigError("give hidden_size or hidden_quota, not both")
+        for name in ("hidden_size", "hidden_quota"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise AdaFuseConfigError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.granularity, int) or self.granularity < 1:
+            raise AdaFuseConfigError(
+                f"granularity must be a positive int, got {self.granularity!r}"
+            )
+        if not self.tau > 0:
+            raise AdaFuseConfigError(f"tau must be > 0, got {self.tau!r}")
+        ratios = self.random_ratios
+        if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0):
+            raise AdaFuseConfigError(
+                "random_ratios must be three non-negative numbers (keep, reuse, skip) "
+                f"summing to 1, got {ratios!r}"
+            )
+        if not 0.0 <= self.threshold_keep_ratio <= 1.0:
+            raise AdaFuseConfigError(
+                f"threshold_keep_ratio must be in [0, 1], got {self.threshold_keep_ratio!r}"
+            )
+        if self.stages is not None and not all(isinstance(s, int) for s in self.stages):
+            raise AdaFuseConfigError(f"stages must be ints, got {self.stages!r}")
+
+    def hidden_for(self, out_channels: int) -> int:
+        """Hidden width of the policy network of a block whose first conv has
+        ``out_channels`` output channels."""
+        if self.hidden_size is not None:
+            return self.hidden_size
+        if self.hidden_quota is not None:
+            return max(1, self.hidden_quota // out_channels)
+        return DEFAULT_HIDDEN_SIZE
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (lists instead of tuples)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdaFuseConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AdaFuseConfigError(
+                f"unknown AdaFuseConfig field(s) {unknown}; known fields: {sorted(known)}"
+            )
+        return cls(**data)

@@ -1,0 +1,21 @@
+"""Exceptions raised by adafuse_plugin; all are `ValueError`s so callers can catch broadly."""
+
+
+class AdaFuseError(ValueError):
+    """Base class of every error this package raises on bad input."""
+
+
+class AdaFuseConfigError(AdaFuseError):
+    """An `AdaFuseConfig` value is invalid."""
+
+
+class AdaFusePatchError(AdaFuseError):
+    """Surgery cannot proceed: no supported block, double patching, unknown block class."""
+
+
+class AdaFuseInputError(AdaFuseError):
+    """A patched model received an input it cannot handle (rank, batch layout)."""
+
+
+class AdaFuseCheckpointError(AdaFuseError):
+    """A checkpoint does not match the patched model."""

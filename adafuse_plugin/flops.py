@@ -1,0 +1,356 @@
+"""FLOPs audits: dense FLOPs from fvcore, adaptive FLOPs by the paper's Eq. 5.
+
+All numbers are multiply-adds (fvcore's convention, BatchNorm included).
+
+Eq. 5, per block with first-conv FLOPs m_x and second-conv FLOPs m_y per frame:
+
+- channel i of the first conv must be computed at frame t iff it is kept at t or
+  reused at t+1 (the last frame has no t+1);
+- input channel i of the second conv is zero at frame t iff it is skipped.
+
+"real" adaptive FLOPs subtract both savings; "upb" (the paper's upper bound)
+subtracts only the second one. Both add the policy networks' own cost. Decisions
+are accumulated as counts over all clips, never as averages of averages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import AdaFuseInputError, AdaFusePatchError
+from .gate import ACTIONS, KEEP, REUSE, SKIP, AdaFuseGate
+from .surgery import collect_decisions, find_blocks, iter_gates
+
+
+def _flop_count_analysis(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    with warnings.catch_warnings():
+        # fvcore.nn imports a torch.jit.script'ed loss that warns on current torch.
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return analysis
+
+
+@contextlib.contextmanager
+def gates_disabled(model: nn.Module) -> Iterator[None]:
+    """Run the model as if unpatched (gates pass features through, record nothing)."""
+    gates = [gate for _, gate in iter_gates(model)]
+    previous = [gate.enabled for gate in gates]
+    for gate in gates:
+        gate.enabled = False
+    try:
+        yield
+    finally:
+        for gate, state in zip(gates, previous):
+            gate.enabled = state
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Switch to eval mode and back to the previous mode of every submodule."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.train(mode)
+
+
+class DecisionCounts:
+    """Keep / reuse / skip counts per block, accumulated over any number of batches."""
+
+    FIELDS = ("elements", "keep", "reuse", "skip", "first_conv_needed")
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, dict[str, int]] = {}
+        self.clips = 0
+
+    def update(self, decisions: Mapping[str, torch.Tensor]) -> None:
+        """Add a batch of decisions: {block: (N, T, c') long}."""
+        clips = None
+        for name, d in decisions.items():
+            if d.dim() != 3:
+                raise AdaFuseInputError(
+                    f"decisions of block {name!r} must be (N, T, C), got {tuple(d.shape)}"
+                )
+            keep, reuse = d == KEEP, d == REUSE
+            reused_next = torch.zeros_like(reuse)
+            reused_next[:, :-1] = reuse[:, 1:]
+            tally = self.blocks.setdefault(name, dict.fromkeys(self.FIELDS, 0))
+            tally["elements"] += d.numel()
+            tally["keep"] += int(keep.sum())
+            tally["reuse"] += int(reuse.sum())
+            tally["skip"] += int((d == SKIP).sum())
+            tally["first_conv_needed"] += int((keep | reused_next).sum())
+            clips = d.shape[0]
+        self.clips += clips or 0
+
+    def fraction(self, name: str, field: str) -> float:
+        tally = self.blocks[name]
+        return tally[field] / tally["elements"]
+
+    def mix(self) -> dict[str, float]:
+        """Overall keep / reuse / skip shares over every block, frame and channel."""
+        total = sum(t["elements"] for t in self.blocks.values())
+        return {a: sum(t[a] for t in self.blocks.values()) / total for a in ACTIONS}
+
+
+@dataclasses.dataclass
+class BlockFlops:
+    """FLOPs of one patched block, per frame; fractions are None without decisions."""
+
+    name: str
+    block: float
+    first_conv: float
+    second_conv: float
+    policy: float
+    keep: float | None = None
+    reuse: float | None = None
+    skip: float | None = None
+    first_conv_saved: float | None = None
+
+    @property
+    def first_conv_adaptive(self) -> float | None:
+        """Executed first-conv FLOPs per frame under Eq. 5."""
+        if self.first_conv_saved is None:
+            return None
+        return self.first_conv * (1.0 - self.first_conv_saved)
+
+    @property
+    def second_conv_adaptive(self) -> float | None:
+        """Executed second-conv FLOPs per frame under Eq. 5."""
+        if self.skip is None:
+            return None
+        return self.second_conv * (1.0 - self.skip)
+
+    @property
+    def saved_real(self) -> float:
+        if self.skip is None:
+            return 0.0
+        return self.first_conv - self.first_conv_adaptive + self.second_conv * self.skip
+
+    @property
+    def saved_upb(self) -> float:
+        return 0.0 if self.skip is None else self.second_conv * self.skip
+
+
+@dataclasses.dataclass
+class FlopsReport:
+    """Dense and adaptive FLOPs of ``frames`` frames (one clip for input_shape (T, 3, H, W))."""
+
+    frames: int
+    dense: float
+    policy: float
+    blocks: list[BlockFlops]
+    clips_seen: int = 0
+    mix: dict[str, float] | None = None
+    unsupported_ops: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_decisions(self) -> bool:
+        return self.mix is not None
+
+    @property
+    def adaptive(self) -> float | None:
+        """Eq. 5 "real": both the first- and second-conv savings, plus policy cost."""
+        if not self.has_decisions:
+            return None
+        return self.dense - self.frames * sum(b.saved_real for b in self.blocks) + self.policy
+
+    @property
+    def adaptive_upb(self) -> float | None:
+        """The paper's "upb": only the second-conv saving, plus policy cost."""
+        if not self.has_decisions:
+            return None
+        return self.dense - self.frames * sum(b.saved_upb for b in self.blocks) + self.policy
+
+    @property
+    def saving(self) -> float | None:
+        """Share of dense FLOPs saved by the "real" adaptive count."""
+        return None if self.adaptive is None else 1.0 - self.adaptive / self.dense
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable), including the derived totals."""
+        data = dataclasses.asdict(self)
+        data.update(adaptive=self.adaptive, adaptive_upb=self.adaptive_upb, saving=self.saving)
+        for block_dict, block in zip(data["blocks"], self.blocks):
+            block_dict.update(
+                first_conv_adaptive=block.first_conv_adaptive,
+                second_conv_adaptive=block.second_conv_adaptive,
+            )
+        return data
+
+    def table(self) -> str:
+        """A per-block table (GFLOPs per ``frames`` frames) followed by the totals."""
+        g = self.frames / 1e9
+        rows = [("block", "dense", "conv1", "conv2", "policy", "keep", "reuse", "skip", "adaptive")]
+        for b in self.blocks:
+            mix = [f"{v:.0%}" if v is not None else "-" for v in (b.keep, b.reuse, b.skip)]
+            adaptive = "-" if b.skip is None else f"{(b.block - b.saved_real + b.policy) * g:.3f}"
+            rows.append(
+                (b.name, f"{b.block * g:.3f}", f"{b.first_conv * g:.3f}",
+                 f"{b.second_conv * g:.3f}", f"{b.policy * g:.4f}", *mix, adaptive)
+            )  # fmt: skip
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                           enumerate(zip(r, widths))) for r in rows]  # fmt: skip
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append("")
+        lines.append(f"frames per count      {self.frames}")
+        lines.append(f"dense GFLOPs          {self.dense / 1e9:.3f}")
+        lines.append(f"policy GFLOPs         {self.policy / 1e9:.4f}")
+        if self.has_decisions:
+            lines.append(
+                f"adaptive GFLOPs real  {self.adaptive / 1e9:.3f}  (saving {self.saving:.1%})"
+            )
+            lines.append(f"adaptive GFLOPs upb   {self.adaptive_upb / 1e9:.3f}")
+            lines.append(
+                "policy mix            "
+                + " / ".join(f"{a} {self.mix[a]:.1%}" for a in ACTIONS)
+                + f"  over {self.clips_seen} clip(s)"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _batch_inputs(batch: Any) -> torch.Tensor:
+    """The frames tensor of a loader batch: a tensor, (inputs, ...) or {'inputs': ...}."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, Mapping) and "inputs" in batch:
+        return batch["inputs"]
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise AdaFuseInputError(
+        f"cannot find the frames in a loader batch of type {type(batch).__name__}; yield "
+        "tensors, (frames, labels) tuples or dicts with an 'inputs' key"
+    )
+
+
+def count_decisions(
+    model: nn.Module,
+    loader: Iterable[Any],
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> DecisionCounts:
+    """Run the model in eval mode over a loader and accumulate its decisions."""
+    from tqdm.auto import tqdm
+
+    counts = DecisionCounts()
+    device = next(model.parameters()).device
+    total = max_batches if max_batches is not None else _safe_len(loader)
+    with eval_mode(model), torch.no_grad():
+        for index, batch in enumerate(
+            tqdm(loader, total=total, desc="audit", disable=not progress)
+        ):
+            if max_batches is not None and index >= max_batches:
+                break
+            frames = _batch_inputs(batch).to(device)
+            model(frames.flatten(0, 1) if frames.dim() == 5 else frames)
+            counts.update(collect_decisions(model))
+    return counts
+
+
+def _safe_len(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _policy_flops(gate: AdaFuseGate, frames: int) -> float:
+    """fvcore count of one policy network over ``frames`` frames."""
+    if gate.policy_net is None:
+        return 0.0
+    net = gate.policy_net
+    weight = net.fc1.weight
+    pooled = torch.zeros(frames, net.in_channels, device=weight.device, dtype=weight.dtype)
+    with eval_mode(net), torch.no_grad():
+        return float(_flop_count_analysis(net, (pooled, pooled)).total())
+
+
+def audit_flops(
+    model: nn.Module,
+    input_shape: tuple[int, int, int, int] = (8, 3, 224, 224),
+    decisions: Mapping[str, torch.Tensor] | DecisionCounts | None = None,
+    loader: Iterable[Any] | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> FlopsReport:
+    """Dense and adaptive FLOPs of a patched model, per block and in total.
+
+    Args:
+        model: a patched model.
+        input_shape: (frames, 3, H, W) of the input that dense FLOPs are counted for;
+            use (T, 3, H, W) for FLOPs per clip of T frames.
+        decisions: decisions to count adaptive FLOPs from: a `collect_decisions` dict
+            or accumulated `DecisionCounts`. Default: the model's last forward pass.
+        loader: alternatively, run the model (eval mode) over this loader and count
+            every clip's decisions.
+        max_batches: stop the loader after this many batches.
+        progress: show a progress bar over the loader.
+    """
+    gates = dict(iter_gates(model))
+    if not gates:
+        raise AdaFusePatchError("audit_flops needs a patched model; call patch_model first")
+    if len(input_shape) != 4:
+        raise AdaFuseInputError(f"input_shape must be (frames, 3, H, W), got {input_shape}")
+    if loader is not None:
+        decisions = count_decisions(model, loader, max_batches, progress)
+    elif decisions is None and any(g.last_decisions is not None for g in gates.values()):
+        decisions = collect_decisions(model)
+    if decisions is not None and not isinstance(decisions, DecisionCounts):
+        counts = DecisionCounts()
+        counts.update(decisions)
+        decisions = counts
+
+    frames = input_shape[0]
+    weight = next(model.parameters())
+    inputs = torch.zeros(input_shape, device=weight.device, dtype=weight.dtype)
+    with gates_disabled(model), eval_mode(model), torch.no_grad():
+        analysis = _flop_count_analysis(model, (inputs,))
+        by_module = analysis.by_module()
+        dense = float(analysis.total())
+        unsupported = dict(analysis.unsupported_ops())
+    sites = {site.name: site for site in find_blocks(model)}
+    blocks = []
+    for name, gate in gates.items():
+        site = sites[name]
+        names = {id(m): n for n, m in site.block.named_modules()}
+        first = f"{name}.{names[id(site.adapter.first_conv_module(site.block))]}"
+        second = f"{name}.{names[id(site.adapter.second_conv_module(site.block))]}"
+        block = BlockFlops(
+            name=name,
+            block=by_module[name] / frames,
+            first_conv=by_module[first] / frames,
+            second_conv=by_module[second] / frames,
+            policy=_policy_flops(gate, 1),
+        )
+        if decisions is not None:
+            if name not in decisions.blocks:
+                raise AdaFuseInputError(f"the decisions have no entry for block {name!r}")
+            block.keep, block.reuse, block.skip = (decisions.fraction(name, a) for a in ACTIONS)
+            block.first_conv_saved = 1.0 - decisions.fraction(name, "first_conv_needed")
+        blocks.append(block)
+    return FlopsReport(
+        frames=frames,
+        dense=dense,
+        policy=frames * sum(b.policy for b in blocks),
+        blocks=blocks,
+        clips_seen=decisions.clips if decisions is not None else 0,
+        mix=decisions.mix() if decisions is not None else None,
+        unsupported_ops=unsupported,
+    )

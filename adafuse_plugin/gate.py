@@ -1,0 +1,205 @@
+"""The AdaFuse block: a policy network and the keep / reuse / skip fusion of one residual block.
+
+A gate lives as the submodule ``adafuse`` of the block it patches and acts through
+two hooks, so no original module is wrapped or renamed:
+
+- a forward pre-hook on the block records ``v_t = GAP(x_t)`` of the block input;
+- a forward hook on the first conv stage replaces its output ``y`` with the fused map
+  ``keep * y_t + reuse * y_{t-1}`` (skipped channels are zero; ``y_{-1} = 0``).
+
+Decisions are per frame and per group of ``granularity`` channels:
+0 = keep, 1 = reuse, 2 = skip (the paper's p in {0, 1, 2}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LEARNED_POLICIES, AdaFuseConfig
+from .errors import AdaFuseInputError
+
+KEEP, REUSE, SKIP = 0, 1, 2
+ACTIONS = ("keep", "reuse", "skip")
+
+#: Attribute under which a gate is attached to its block. Never ``net``/``block``:
+#: mmaction2's ResNetTSM strips those from checkpoint keys.
+GATE_ATTR = "adafuse"
+
+#: Actions a learned policy may not take, per policy.
+_FORBIDDEN_ACTIONS = {"adafuse": (), "keep_skip": (REUSE,), "keep_reuse": (SKIP,)}
+
+
+class PolicyNet(nn.Module):
+    """g([v_{t-1}, v_t]) -> logits over (keep, reuse, skip) for each channel group.
+
+    Linear(2c -> H) -> BatchNorm1d(H) -> ReLU -> Linear(H -> 3 * groups), the paper's
+    architecture, with weights drawn from N(0, 0.001) and zero biases so a fresh policy
+    starts near uniform.
+    """
+
+    def __init__(self, in_channels: int, groups: int, hidden: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.groups = groups
+        self.fc1 = nn.Linear(2 * in_channels, hidden)
+        self.norm = nn.BatchNorm1d(hidden)
+        self.fc2 = nn.Linear(hidden, 3 * groups)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation; call again after a backbone's own init_weights."""
+        for linear in (self.fc1, self.fc2):
+            nn.init.normal_(linear.weight, 0.0, 0.001)
+            nn.init.zeros_(linear.bias)
+        self.norm.reset_parameters()
+        self.norm.reset_running_stats()
+
+    def forward(self, pooled_prev: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """(F, c) pooled features of frames t-1 and t -> (F, groups, 3) logits."""
+        hidden = F.relu(self.norm(self.fc1(torch.cat([pooled_prev, pooled], dim=1))))
+        return self.fc2(hidden).view(-1, self.groups, 3)
+
+
+def shift_to_previous_frame(x: torch.Tensor) -> torch.Tensor:
+    """(N, T, ...) -> the same with frame t holding frame t-1 and zeros at t = 0."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+class AdaFuseGate(nn.Module):
+    """Per-block AdaFuse state: its policy (learned or fixed) and the fusion hooks.
+
+    Attributes set by the last forward pass (cleared on copy and pickle):
+        last_decisions: (N, T, c') long, 0 keep / 1 reuse / 2 skip per channel.
+        last_masks: (N, T, groups, 3) one-hot masks; in training, straight-through
+            Gumbel samples that carry gradients to the policy (used by the FLOPs loss).
+    """
+
+    _TRANSIENT = ("_pooled", "last_decisions", "last_masks")
+
+    def __init__(
+        self,
+        block_name: str,
+        in_channels: int,
+        out_channels: int,
+        config: AdaFuseConfig,
+        policy_net: PolicyNet | None,
+    ) -> None:
+        super().__init__()
+        self.block_name = block_name
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.config = config
+        self.groups = out_channels // config.granularity
+        self.tau = config.tau
+        self.enabled = True
+        self.policy_net = policy_net
+        self._pooled: torch.Tensor | None = None
+        self.last_decisions: torch.Tensor | None = None
+        self.last_masks: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"policy={self.config.policy}, channels={self.in_channels}->{self.out_channels}, "
+            f"groups={self.groups}, num_segments={self.config.num_segments}, tau={self.tau}"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Cached activations may be attached to an autograd graph, which cannot be
+        # deep-copied (EMA hooks) or pickled; they are per-forward state anyway.
+        state = super().__getstate__()
+        return {**state, **dict.fromkeys(self._TRANSIENT)}
+
+    # -- hooks -------------------------------------------------------------------
+    def capture_input(self, block: nn.Module, args: tuple[Any, ...]) -> None:
+        """Forward pre-hook on the block: remember GAP of the block input."""
+        if not self.enabled:
+            return
+        x = args[0]
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise AdaFuseInputError(
+                f"AdaFuse block {self.block_name!r} expects a 4-D (N*T, C, H, W) input, "
+                f"got {shape}; reshape clips of shape (N, T, C, H, W) with "
+                "x.flatten(0, 1) before calling the backbone"
+            )
+        self._pooled = x.mean(dim=(2, 3)) if self.policy_net is not None else None
+
+    def fuse(self, stage: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the first conv stage: return the fused feature map."""
+        if not self.enabled:
+            return output
+        frames, channels = output.shape[:2]
+        segments = self.config.num_segments
+        if frames % segments:
+            raise AdaFuseInputError(
+                f"AdaFuse block {self.block_name!r}: a batch of {frames} frames is not "
+                f"divisible by num_segments={segments}; lay the batch out as N clips x "
+                f"{segments} frames (frame index fastest), or patch with the right "
+                "num_segments"
+            )
+        if channels != self.out_channels:
+            raise AdaFuseInputError(
+                f"AdaFuse block {self.block_name!r} was built for {self.out_channels} "
+                f"channels but its first stage produced {channels}"
+            )
+        clips = frames // segments
+        pooled, self._pooled = self._pooled, None
+        masks = self._decide(output, pooled, clips)
+        self.last_masks = masks
+        self.last_decisions = (
+            masks.detach().argmax(dim=-1).repeat_interleave(self.config.granularity, dim=-1)
+        )
+        if self.config.policy == "keep":
+            return output
+        y = output.view(clips, segments, self.groups, self.config.granularity, *output.shape[2:])
+        keep = masks[..., KEEP].view(clips, segments, self.groups, 1, 1, 1).to(y.dtype)
+        reuse = masks[..., REUSE].view(clips, segments, self.groups, 1, 1, 1).to(y.dtype)
+        fused = keep * y + reuse * shift_to_previous_frame(y)
+        return fused.view_as(output)
+
+    # -- decisions ---------------------------------------------------------------
+    def _decide(self, y: torch.Tensor, pooled: torch.Tensor | None, clips: int) -> torch.Tensor:
+        """(N, T, groups, 3) one-hot masks for the configured policy."""
+        shape = (clips, self.config.num_segments, self.groups)
+        policy = self.config.policy
+        if policy in LEARNED_POLICIES:
+            return self._learned_masks(pooled, shape)
+        if policy == "keep":
+            actions = torch.full(shape, KEEP, device=y.device)
+        elif policy == "random":
+            ratios = torch.tensor(self.config.random_ratios, device=y.device).cumsum(0)
+            draws = torch.rand(shape, device=y.device)
+            actions = (draws >= ratios[0]).long() + (draws >= ratios[1]).long()
+        else:  # threshold: keep the channel groups with the largest mean |y|
+            scores = y.detach().abs().mean(dim=(2, 3)).view(*shape, self.config.granularity)
+            kept = round(self.config.threshold_keep_ratio * self.groups)
+            actions = torch.full(shape, SKIP, device=y.device)
+            top = scores.mean(dim=-1).topk(kept, dim=-1).indices
+            actions.scatter_(-1, top, KEEP)
+        return F.one_hot(actions, 3).to(y.dtype)
+
+    def _learned_masks(
+        self, pooled: torch.Tensor | None, shape: tuple[int, int, int]
+    ) -> torch.Tensor:
+        if pooled is None:
+            raise AdaFuseInputError(
+                f"AdaFuse block {self.block_name!r}: its first stage ran without the "
+                "block's forward (no pooled input recorded); call the block, not its "
+                "submodules"
+            )
+        pooled = pooled.view(shape[0], shape[1], -1)
+        logits = self.policy_net(
+            shift_to_previous_frame(pooled).flatten(0, 1), pooled.flatten(0, 1)
+        ).view(*shape, 3)
+        forbidden = _FORBIDDEN_ACTIONS[self.config.policy]
+        if forbidden:
+            mask = torch.zeros(3, dtype=torch.bool, device=logits.device)
+            mask[list(forbidden)] = True
+            logits = logits.masked_fill(mask, float("-inf"))
+        if self.training:
+            return F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=-1)
+        return F.one_hot(logits.argmax(dim=-1), 3).to(logits.dtype)

@@ -1,0 +1,77 @@
+"""A readable summary of what `patch_model` did: which blocks, how many parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from .errors import AdaFusePatchError
+from .surgery import find_blocks, get_config, iter_gates
+
+
+@dataclasses.dataclass
+class PatchSummary:
+    """Patched blocks (name, class, channels, hidden width, policy parameters) and totals."""
+
+    policy: str
+    num_segments: int
+    rows: list[tuple[str, str, str, int, int]]
+    supported_blocks: int
+    base_parameters: int
+    added_parameters: int
+
+    def __str__(self) -> str:
+        header = ("block", "class", "c -> c'", "hidden", "params")
+        body = [(n, c, ch, str(h) if h else "-", f"{p:,}") for n, c, ch, h, p in self.rows]
+        table = [header, *body]
+        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in table]
+        lines.insert(1, "-" * len(lines[0]))
+        share = self.added_parameters / max(self.base_parameters, 1)
+        lines += [
+            "",
+            f"AdaFuse policy '{self.policy}', num_segments={self.num_segments}: patched "
+            f"{len(self.rows)} of {self.supported_blocks} supported blocks",
+            f"parameters: {self.base_parameters:,} base + {self.added_parameters:,} AdaFuse "
+            f"(+{share:.1%}; shared policy networks counted once)",
+        ]
+        return "\n".join(lines)
+
+
+def summary(model: nn.Module) -> PatchSummary:
+    """Summarise a patched model; ``print(summary(model))`` shows a table."""
+    gates = list(iter_gates(model))
+    if not gates:
+        raise AdaFusePatchError("the model is not patched; call patch_model first")
+    config = get_config(model)
+    gate_params = {id(p) for _, g in gates for p in g.parameters()}
+    all_params = {id(p): p.numel() for p in model.parameters()}
+    added = sum(n for key, n in all_params.items() if key in gate_params)
+    seen: set[int] = set()
+    rows = []
+    for name, gate in gates:
+        block = model.get_submodule(name)
+        net = gate.policy_net
+        params = 0
+        if net is not None and id(net) not in seen:
+            seen.add(id(net))
+            params = sum(p.numel() for p in net.parameters())
+        hidden = net.fc1.out_features if net is not None else 0
+        rows.append(
+            (
+                name,
+                type(block).__name__,
+                f"{gate.in_channels} -> {gate.out_channels}",
+                hidden,
+                params,
+            )
+        )
+    return PatchSummary(
+        policy=config.policy,
+        num_segments=config.num_segments,
+        rows=rows,
+        supported_blocks=len(find_blocks(model)),
+        base_parameters=sum(all_params.values()) - added,
+        added_parameters=added,
+    )

@@ -1,0 +1,222 @@
+"""Surgery: state_dict compatibility, copy/pickle/trace, unpatch, errors, policy sharing."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import adafuse_plugin as af
+
+
+def _adafuse_keys(keys):
+    return {k for k in keys if ".adafuse." in k}
+
+
+def test_surgery_keeps_every_original_key(resnet18):
+    original = resnet18.state_dict()
+    af.patch_model(resnet18, num_segments=2)
+    patched = resnet18.state_dict()
+    assert set(original) <= set(patched)
+    assert set(patched) - set(original) == _adafuse_keys(patched)
+    assert _adafuse_keys(patched)
+
+
+def test_unpatched_checkpoint_loads_with_only_adafuse_keys_missing(resnet18):
+    checkpoint = copy.deepcopy(resnet18.state_dict())  # e.g. ImageNet weights
+    af.patch_model(resnet18, num_segments=2)
+    result = resnet18.load_state_dict(checkpoint, strict=False)
+    assert result.unexpected_keys == []
+    # BatchNorm never reports num_batches_tracked as missing (backward compatibility).
+    expected = {
+        k for k in _adafuse_keys(resnet18.state_dict()) if not k.endswith("num_batches_tracked")
+    }
+    assert set(result.missing_keys) == expected
+
+
+def test_patched_model_saves_and_loads_strictly(resnet18):
+    timm = pytest.importorskip("timm")
+    af.patch_model(resnet18, num_segments=2)
+    buffer = io.BytesIO()
+    torch.save(resnet18.state_dict(), buffer)
+    buffer.seek(0)
+    other = af.patch_model(timm.create_model("resnet18", num_classes=5), num_segments=2)
+    other.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    x = torch.randn(4, 3, 64, 64)
+    resnet18.eval(), other.eval()
+    assert torch.equal(resnet18(x), other(x))
+
+
+def test_deepcopy_pickle_and_trace_after_a_training_step(resnet18):
+    af.patch_model(resnet18, num_segments=2)
+    x = torch.randn(4, 3, 64, 64)
+    resnet18.train()
+    resnet18(x).sum()  # leaves graph-attached masks on the gates
+    copied = copy.deepcopy(resnet18)
+    unpickled = pickle.loads(pickle.dumps(resnet18))
+    for model in (resnet18, copied, unpickled):
+        model.eval()
+    expected = resnet18(x)
+    assert torch.equal(copied(x), expected)
+    assert torch.equal(unpickled(x), expected)
+    assert af.collect_decisions(copied)  # the copy's hooks drive the copy's gates
+    with pytest.warns(torch.jit.TracerWarning):
+        traced = torch.jit.trace(resnet18, x)
+    assert torch.allclose(traced(x), expected)
+
+
+def test_unpatch_restores_the_original_module_tree(resnet18):
+    resnet18.eval()
+    x = torch.randn(4, 3, 64, 64)
+    before = [(n, type(m)) for n, m in resnet18.named_modules()]
+    keys = list(resnet18.state_dict())
+    reference = resnet18(x)
+    af.patch_model(resnet18, num_segments=2, policy="random")
+    assert not torch.equal(resnet18(x), reference)
+    af.unpatch_model(resnet18)
+    assert [(n, type(m)) for n, m in resnet18.named_modules()] == before
+    assert list(resnet18.state_dict()) == keys
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in resnet18.modules())
+    assert torch.equal(resnet18(x), reference)
+    af.patch_model(resnet18, num_segments=2)  # can be patched again
+
+
+def test_stage_and_name_selection(resnet18):
+    af.patch_model(resnet18, num_segments=2, stages=(-1,))
+    assert [n for n, _ in af.iter_gates(resnet18)] == ["layer4.0", "layer4.1"]
+    af.unpatch_model(resnet18)
+    af.patch_model(resnet18, num_segments=2, include=("layer2.*", "layer3.*"), exclude=("*.1",))
+    assert [n for n, _ in af.iter_gates(resnet18)] == ["layer2.0", "layer3.0"]
+
+
+def test_shared_policies_and_hidden_quota():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet50", num_classes=174)
+    base = sum(p.numel() for p in model.parameters())
+    af.patch_model(model, num_segments=8, share_policy=True, hidden_quota=196608)
+    nets = {id(g.policy_net): g for _, g in af.iter_gates(model)}
+    assert len(nets) == 8  # one per distinct (c, c') shape in ResNet-50
+    assert model.layer3[1].adafuse.policy_net is model.layer3[5].adafuse.policy_net
+    assert model.layer4[0].adafuse.policy_net.fc1.out_features == 196608 // 512
+
+    def expected(c, c_out):
+        hidden = 196608 // c_out
+        return 2 * c * hidden + hidden + 2 * hidden + hidden * 3 * c_out + 3 * c_out
+
+    shapes = {(64, 64), (256, 64), (256, 128), (512, 128), (512, 256), (1024, 256),
+              (1024, 512), (2048, 512)}  # fmt: skip
+    added = sum(p.numel() for p in model.parameters()) - base
+    assert added == sum(expected(*s) for s in shapes)
+    assert f"{added:,}" in str(af.summary(model))
+
+
+def test_save_and_load_only_the_adafuse_weights(resnet18, tmp_path):
+    timm = pytest.importorskip("timm")
+    af.patch_model(resnet18, num_segments=2, share_policy=True, granularity=4)
+    af.save_adafuse(resnet18, tmp_path / "adapter")
+    fresh = timm.create_model("resnet18", num_classes=5)
+    fresh.load_state_dict(resnet18.state_dict(), strict=False)
+    af.load_adafuse(fresh, tmp_path / "adapter")
+    assert af.get_config(fresh) == af.get_config(resnet18)
+    for key, value in af.adafuse_state_dict(resnet18).items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+
+def test_mismatched_adafuse_checkpoint_is_refused(resnet18, tmp_path):
+    timm = pytest.importorskip("timm")
+    af.patch_model(resnet18, num_segments=2)
+    af.save_adafuse(resnet18, tmp_path / "r18")
+    resnet34 = timm.create_model("resnet34", num_classes=5)
+    with pytest.raises(af.AdaFuseCheckpointError, match="does not match the model"):
+        af.load_adafuse(resnet34, tmp_path / "r18")
+    other = af.patch_model(timm.create_model("resnet18"), num_segments=4)
+    with pytest.raises(af.AdaFuseCheckpointError, match="patched with"):
+        af.load_adafuse(other, tmp_path / "r18")
+    with pytest.raises(af.AdaFuseCheckpointError, match="has no adafuse_config.json"):
+        af.load_adafuse(other, tmp_path)
+
+
+# -- bad input -------------------------------------------------------------------------
+
+
+def test_batch_not_divisible_by_num_segments(resnet18):
+    af.patch_model(resnet18, num_segments=8)
+    with pytest.raises(af.AdaFuseInputError, match=r"'layer1.0'.*12 frames.*num_segments=8"):
+        resnet18(torch.randn(12, 3, 32, 32))
+
+
+def test_wrong_input_rank(resnet18):
+    af.patch_model(resnet18, num_segments=2)
+    block = resnet18.layer1[0]
+    with pytest.raises(af.AdaFuseInputError, match=r"'layer1.0' expects a 4-D.*flatten"):
+        block(torch.randn(2, 2, 64, 8, 8))
+
+
+def test_no_supported_block():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    with pytest.raises(af.AdaFusePatchError, match="no supported residual block.*register_block"):
+        af.patch_model(model)
+
+
+def test_double_patching(resnet18):
+    af.patch_model(resnet18, num_segments=2)
+    with pytest.raises(af.AdaFusePatchError, match="already patched.*unpatch_model"):
+        af.patch_model(resnet18, num_segments=2)
+
+
+def test_unpatch_or_decisions_of_an_unpatched_model(resnet18):
+    with pytest.raises(af.AdaFusePatchError, match="not patched"):
+        af.unpatch_model(resnet18)
+    with pytest.raises(af.AdaFusePatchError, match="not patched"):
+        af.collect_decisions(resnet18)
+    af.patch_model(resnet18, num_segments=2)
+    with pytest.raises(af.AdaFusePatchError, match="run a forward pass"):
+        af.collect_decisions(resnet18)
+
+
+def test_adapter_that_does_not_fit_its_class_names_the_path():
+    class OddBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = nn.Conv2d(4, 4, 1)
+            self.second = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.second(self.first(x))
+
+    af.register_block_adapter(
+        OddBlock, first_stage="act1", first_conv="conv1", second_conv="conv2", overwrite=True
+    )
+    with pytest.raises(af.AdaFusePatchError, match=r"OddBlock has no submodule 'conv1'"):
+        af.patch_model(nn.Sequential(OddBlock()), num_segments=1)
+    with pytest.raises(af.AdaFusePatchError, match="already registered"):
+        af.register_block_adapter(OddBlock, first_stage="first", first_conv="first",
+                                  second_conv="second")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"stages": (7,)}, "out of range: the model has 4 stages"),
+        ({"include": ("nothing*",)}, "matches none of the 8 supported blocks"),
+        ({"granularity": 3}, "granularity=3 does not divide its 64"),
+        ({"policy": "magic"}, "unknown policy 'magic'"),
+        ({"num_segments": 0}, "num_segments must be a positive int"),
+        ({"hidden_size": 8, "hidden_quota": 8}, "not both"),
+        ({"random_ratios": (0.5, 0.5, 0.5)}, "summing to 1"),
+    ],
+)
+def test_bad_config_values(resnet18, overrides, message):
+    with pytest.raises(af.AdaFuseConfigError, match=message):
+        af.patch_model(resnet18, **overrides)
+
+
+def test_config_round_trip_and_unknown_fields():
+    config = af.AdaFuseConfig(num_segments=4, stages=[-1], policy="keep_reuse")
+    assert af.AdaFuseConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(af.AdaFuseConfigError, match="unknown AdaFuseConfig field"):
+        af.AdaFuseConfig.from_dict({"segments": 8})
