@@ -204,6 +204,12 @@ def _register_builtin_adapters() -> None:
     mm_resnet = BlockAdapter("conv1", "conv1.conv", "conv2.conv")
     for name in ("BasicBlock", "Bottleneck"):
         register_block_adapter(f"mmaction.models.backbones.resnet.{name}", mm_resnet)
+    # TANet's TABlock runs block.conv1 -> tam -> block.conv2: fuse what enters conv2. TAM
+    # mixes neighbouring frames, so Eq. 5's first-conv saving is optimistic there.
+    register_block_adapter(
+        "mmaction.models.backbones.tanet.TABlock",
+        BlockAdapter("tam", "block.conv1.conv", "block.conv2.conv"),
+    )
     register_block_adapter(
         "mmaction.models.backbones.mobilenet_v2.InvertedResidual",
         BlockAdapter("conv.0", "conv.0", "conv.1.conv", applies=_mm_inverted_residual_expands),

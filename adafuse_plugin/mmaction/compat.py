@@ -51,6 +51,7 @@ __all__ = [
     "fix_mmengine_metafile_config_list",
     "fix_mmengine_pkg_resources",
     "fix_tsm_pretrained2d_without_checkpoint",
+    "load_from_local_safe",
     "mmengine_checkpoint_safe_globals",
     "mmengine_safe_globals",
     "safe_load_checkpoint",
