@@ -14,7 +14,7 @@ def _backbones():
     from adafuse_plugin.mmaction.compat import apply_compat_fixes
 
     apply_compat_fixes()
-    from mmaction.models.backbones import TANet, MobileNetV2TSM, ResNet, ResNetTSM
+    from mmaction.models.backbones import MobileNetV2TSM, ResNet, ResNetTSM, TANet
 
     return {
         "resnet18": (lambda: ResNet(depth=18, pretrained=None), {"BasicBlock"}, 2),
