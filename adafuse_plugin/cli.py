@@ -1,16 +1,24 @@
-"""The ``adafuse`` command line: ``adafuse demo``, ``adafuse audit``."""
+"""The ``adafuse`` command line: ``demo``, ``audit``, and mmaction2 ``train`` / ``test``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .config import POLICIES
 
 
 def _audit(args: argparse.Namespace) -> int:
+    if args.model.endswith(".py") or Path(args.model).is_file():
+        return _audit_config(args)
+    if args.checkpoint or args.data:
+        print("adafuse audit: --checkpoint and --data need a CONFIG, not a timm name",
+              file=sys.stderr)  # fmt: skip
+        return 2
     import timm
     import torch
 
@@ -34,6 +42,87 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cfg_options(items: Sequence[str] | None) -> dict:
+    """``["a.b=1", "c=[1,2]"]`` -> ``{"a.b": 1, "c": [1, 2]}``, as mmengine's tools parse it."""
+    from mmengine.config import DictAction
+
+    options = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"adafuse: --cfg-options expects KEY=VALUE, got {item!r}")
+        options[key] = DictAction._parse_iterable(value)
+    return options
+
+
+def _audit_config(args: argparse.Namespace) -> int:
+    from .mmaction.audit import audit_config
+    from .mmaction.runner import load_config
+
+    cfg = load_config(args.model, _cfg_options(args.cfg_options))
+    result = audit_config(
+        cfg, args.checkpoint, args.data, args.max_batches, args.allow_unsafe_checkpoints
+    )
+    report = result.get("report")
+    if args.json:
+        data = report.to_dict() if report is not None else result
+        print(json.dumps({"model": result["model"], **data}, indent=2))
+    elif report is not None:
+        print(report.table())
+    else:
+        print(
+            f"{result['model']}: dense {result['dense'] / 1e9:.2f} GFLOPs per clip of "
+            f"{result['frames']} frames at 224x224"
+        )
+    return 0
+
+
+def _runner(args: argparse.Namespace) -> object:
+    from .mmaction.runner import build_runner, load_config
+
+    if args.allow_unsafe_checkpoints:
+        os.environ["ADAFUSE_ALLOW_UNSAFE_CHECKPOINTS"] = "1"
+    cfg = load_config(args.config, _cfg_options(args.cfg_options))
+    cfg.work_dir = (
+        args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
+    )
+    if getattr(args, "resume", None) == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif getattr(args, "resume", None):
+        cfg.resume, cfg.load_from = True, args.resume
+    if getattr(args, "checkpoint", None):
+        cfg.load_from = args.checkpoint
+    return build_runner(cfg, args.launcher)
+
+
+def _train(args: argparse.Namespace) -> int:
+    _runner(args).train()
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    metrics = _runner(args).test()
+    print(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2))
+    return 0
+
+
+def _add_runner_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work-dir", default=None, help="default: work_dirs/<config name>")
+    parser.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm"])
+    parser.add_argument(
+        "--cfg-options",
+        nargs="+",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override config keys (mmengine --cfg-options syntax)",
+    )
+    parser.add_argument(
+        "--allow-unsafe-checkpoints",
+        action="store_true",
+        help="fully unpickle checkpoints the safe loader rejects (trusted files only)",
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -52,8 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", default=None, help="dataset size: tiny/small/medium/large")
     demo.set_defaults(func=_demo)
 
-    audit = commands.add_parser("audit", help="dense and adaptive FLOPs of a timm backbone")
-    audit.add_argument("model", help="a timm model name, e.g. resnet50")
+    train = commands.add_parser("train", help="train an mmaction2 config (mmengine Runner)")
+    train.add_argument("config")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="resume from the latest checkpoint in the work dir, or from PATH",
+    )
+    _add_runner_options(train)
+    train.set_defaults(func=_train)
+
+    test = commands.add_parser("test", help="test a checkpoint of an mmaction2 config")
+    test.add_argument("config")
+    test.add_argument("checkpoint")
+    _add_runner_options(test)
+    test.set_defaults(func=_test)
+
+    audit = commands.add_parser("audit", help="dense and adaptive FLOPs of a timm model or config")
+    audit.add_argument("model", help="a timm model name (e.g. resnet50) or an mmaction2 config")
+    audit.add_argument("--checkpoint", default=None, help="config mode: weights to load")
+    audit.add_argument(
+        "--data",
+        default=None,
+        choices=["train", "val", "test"],
+        help="config mode: count decisions over this split's dataloader",
+    )
+    audit.add_argument("--max-batches", type=int, default=None)
+    audit.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
+    audit.add_argument("--allow-unsafe-checkpoints", action="store_true")
     audit.add_argument("--frames", type=int, default=8, help="frames per clip (num_segments)")
     audit.add_argument("--size", type=int, default=224, help="frame height and width")
     audit.add_argument("--policy", default="random", choices=sorted(POLICIES))

@@ -1,0 +1,93 @@
+"""`AdaFuseHook`: Gumbel temperature schedule and per-block policy statistics in training."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mmaction.registry import HOOKS
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from ..errors import AdaFuseConfigError
+from ..flops import DecisionCounts
+from ..gate import ACTIONS
+from ..surgery import collect_decisions, is_patched, set_temperature
+
+SCHEDULES = ("constant", "linear", "exp")
+
+
+@HOOKS.register_module()
+class AdaFuseHook(Hook):
+    """Set the Gumbel temperature each iteration and log per-block keep / reuse / skip.
+
+    The paper keeps tau = 0.67 constant (the default). ``schedule='linear'`` or
+    ``'exp'`` anneals from ``tau`` to ``tau_end`` over the whole run (by iteration).
+    Logged scalars: ``train/tau`` and ``train/<block>/keep|reuse|skip`` (every
+    ``interval`` iterations); the overall ratios and adaptive GFLOPs of a batch are
+    in the loss dict of `AdaFuseRecognizer2D` (``keep_ratio``, ``gflops_adaptive``...).
+
+    Args:
+        tau: temperature (start temperature of a schedule).
+        tau_end: final temperature of a schedule.
+        schedule: one of ``constant``, ``linear``, ``exp``.
+        interval: log per-block statistics every this many iterations.
+    """
+
+    priority = "NORMAL"
+
+    def __init__(
+        self,
+        tau: float = 0.67,
+        tau_end: float | None = None,
+        schedule: str = "constant",
+        interval: int = 1,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise AdaFuseConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if schedule != "constant" and tau_end is None:
+            raise AdaFuseConfigError(f"schedule={schedule!r} needs tau_end")
+        for name, value in (("tau", tau), ("tau_end", tau_end)):
+            if value is not None and not value > 0:
+                raise AdaFuseConfigError(f"{name} must be > 0, got {value!r}")
+        if not isinstance(interval, int) or interval < 1:
+            raise AdaFuseConfigError(f"interval must be a positive int, got {interval!r}")
+        self.tau, self.tau_end, self.schedule, self.interval = tau, tau_end, schedule, interval
+
+    def temperature(self, iteration: int, max_iters: int) -> float:
+        """The temperature at ``iteration`` of ``max_iters``."""
+        if self.schedule == "constant":
+            return self.tau
+        progress = min(1.0, iteration / max(1, max_iters - 1))
+        if self.schedule == "linear":
+            return self.tau + (self.tau_end - self.tau) * progress
+        return self.tau * math.exp(progress * math.log(self.tau_end / self.tau))
+
+    @staticmethod
+    def _backbone(runner: Any) -> Any:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        backbone = getattr(model, "backbone", model)
+        if not is_patched(backbone):
+            raise AdaFuseConfigError(
+                f"AdaFuseHook needs a model patched with AdaFuse; {type(model).__name__} has "
+                "no AdaFuse blocks (use type='AdaFuseRecognizer2D')"
+            )
+        return backbone
+
+    def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+        tau = self.temperature(runner.iter, runner.max_iters)
+        set_temperature(self._backbone(runner), tau)
+        runner.message_hub.update_scalar("train/tau", tau)
+
+    def after_train_iter(
+        self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+    ) -> None:
+        if not self.every_n_train_iters(runner, self.interval):
+            return
+        counts = DecisionCounts()
+        counts.update(collect_decisions(self._backbone(runner)))
+        for name in counts.blocks:
+            for action in ACTIONS:
+                runner.message_hub.update_scalar(
+                    f"train/{name}/{action}", counts.fraction(name, action)
+                )

@@ -1,0 +1,70 @@
+"""`AdaFuseMetric`: top-1/top-5 plus dense and adaptive GFLOPs and the policy mix of a split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mmaction.evaluation import AccMetric
+from mmaction.registry import METRICS
+
+from ..errors import AdaFuseConfigError
+from ..flops import DecisionCounts
+from .recognizer import COUNTS_FIELD, REPORT_FIELD, report_from_counts
+
+
+@METRICS.register_module()
+class AdaFuseMetric(AccMetric):
+    """mmaction2's AccMetric plus AdaFuse FLOPs (paper Eq. 5) over the whole split.
+
+    Decisions are accumulated as counts over every clip of the split (never as an
+    average of batch averages), so the numbers equal one `audit_flops` over the split.
+    Reported keys (prefix ``acc/`` by default): ``top1``, ``top5``, ``mean1``,
+    ``gflops_dense``, ``gflops_real``, ``gflops_upb``, ``keep``, ``reuse``, ``skip`` and,
+    with ``per_block=True``, ``<block>/keep|reuse|skip``. GFLOPs are per clip of
+    ``num_segments`` frames at the model's ``adafuse.input_size``.
+
+    Args:
+        per_block: also report each block's keep / reuse / skip shares.
+        Others: as ``AccMetric``.
+    """
+
+    def __init__(self, per_block: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.per_block = per_block
+
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        """Store predictions and labels (AccMetric) plus each clip's decision counts."""
+        first = len(self.results)
+        super().process(data_batch, data_samples)
+        for result, sample in zip(self.results[first:], data_samples):
+            if COUNTS_FIELD not in sample:
+                raise AdaFuseConfigError(
+                    "AdaFuseMetric needs predictions of an AdaFuseRecognizer2D (no "
+                    f"{COUNTS_FIELD!r} in the outputs); use AccMetric for other models"
+                )
+            result[COUNTS_FIELD] = sample[COUNTS_FIELD]
+            result[REPORT_FIELD] = sample[REPORT_FIELD]
+
+    def compute_metrics(self, results: list) -> dict:
+        """Accuracy of AccMetric, then FLOPs and policy mix from the summed counts."""
+        metrics = super().compute_metrics(results)
+        counts = DecisionCounts()
+        for result in results:
+            for name, tally in result[COUNTS_FIELD].blocks.items():
+                total = counts.blocks.setdefault(name, dict.fromkeys(DecisionCounts.FIELDS, 0))
+                for field, value in tally.items():
+                    total[field] += value
+            counts.clips += result[COUNTS_FIELD].clips
+        report = report_from_counts(results[0][REPORT_FIELD], counts)
+        metrics.update(
+            gflops_dense=report.dense / 1e9,
+            gflops_real=report.adaptive / 1e9,
+            gflops_upb=report.adaptive_upb / 1e9,
+            **report.mix,
+        )
+        if self.per_block:
+            for block in report.blocks:
+                for action in ("keep", "reuse", "skip"):
+                    metrics[f"{block.name}/{action}"] = getattr(block, action)
+        return metrics

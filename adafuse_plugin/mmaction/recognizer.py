@@ -1,0 +1,211 @@
+"""`AdaFuseRecognizer2D`: mmaction2's Recognizer2D with AdaFuse blocks in its backbone.
+
+Config use (after ``custom_imports=dict(imports=['adafuse_plugin.mmaction'])``)::
+
+    model = dict(
+        type='AdaFuseRecognizer2D',
+        backbone=dict(type='ResNetTSM', depth=50, num_segments=8, ...),
+        cls_head=dict(type='TSMHead', num_segments=8, ...),
+        adafuse=dict(num_segments=8, hidden_quota=196608, share_policy=True,
+                     flops_weight=0.125, flops_mode='upb', normalize=False))
+
+The ``adafuse`` dict holds `AdaFuseConfig` fields plus the FLOPs-loss settings of
+:data:`LOSS_DEFAULTS`. Training adds ``loss_flops`` to the loss dict and logs the
+keep / reuse / skip ratios and the adaptive GFLOPs of the batch; prediction attaches
+each sample's decision counts for `AdaFuseMetric`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from mmaction.models.recognizers import Recognizer2D
+from mmaction.registry import MODELS
+from torch import nn
+
+from ..config import AdaFuseConfig
+from ..errors import AdaFuseConfigError
+from ..flops import DecisionCounts, FlopsReport, audit_flops
+from ..gate import ACTIONS, GATE_ATTR
+from ..loss import AdaFuseFlopsLoss
+from ..surgery import collect_decisions, iter_gates, patch_model
+
+#: FLOPs-loss settings accepted in the ``adafuse`` dict next to `AdaFuseConfig` fields.
+#: ``flops_weight`` is lambda; ``flops_mode`` 'real' or 'upb' (paper Eq. 5);
+#: ``normalize`` divides by dense FLOPs (else GFLOPs per clip, like the released
+#: scripts); ``flops_target`` is b of |F - b|; ``input_size`` the frame side that
+#: FLOPs are counted at (224 in the paper).
+LOSS_DEFAULTS: dict[str, Any] = dict(
+    flops_weight=0.1, flops_mode="real", normalize=True, flops_target=0.0, input_size=224
+)
+
+#: Sample fields set by `AdaFuseRecognizer2D.predict` and read by `AdaFuseMetric`.
+COUNTS_FIELD = "adafuse_counts"
+REPORT_FIELD = "adafuse_flops"
+
+
+def split_settings(settings: dict[str, Any] | None) -> tuple[AdaFuseConfig, dict[str, Any]]:
+    """Split an ``adafuse=dict(...)`` section into an `AdaFuseConfig` and loss settings."""
+    settings = dict(settings or {})
+    loss = {key: settings.pop(key, default) for key, default in LOSS_DEFAULTS.items()}
+    if loss["flops_mode"] not in ("real", "upb"):
+        raise AdaFuseConfigError(
+            f"adafuse.flops_mode must be 'real' or 'upb', got {loss['flops_mode']!r}"
+        )
+    if not isinstance(loss["input_size"], int) or loss["input_size"] < 1:
+        raise AdaFuseConfigError(
+            f"adafuse.input_size must be a positive int, got {loss['input_size']!r}"
+        )
+    if "num_segments" not in settings:
+        raise AdaFuseConfigError(
+            "the adafuse section needs num_segments (frames per clip, e.g. 8); it must equal "
+            "clip_len * num_clips of the SampleFrames step of every pipeline"
+        )
+    return AdaFuseConfig.from_dict(settings), loss
+
+
+@contextlib.contextmanager
+def gates_detached(model: nn.Module) -> Iterator[None]:
+    """Temporarily remove every gate submodule (its hooks stay registered).
+
+    Backbone ``init_weights`` (Kaiming on every conv/linear, BN constants, strict
+    pretrained loaders such as MobileNetV2TSM's) then sees the original module tree
+    and neither overwrites nor trips over the policy networks.
+    """
+    detached = []
+    for block_name, _ in list(iter_gates(model)):
+        block = model.get_submodule(block_name)
+        detached.append((block, block._modules.pop(GATE_ATTR)))
+    try:
+        yield
+    finally:
+        for block, gate in detached:
+            block._modules[GATE_ATTR] = gate
+
+
+@MODELS.register_module()
+class AdaFuseRecognizer2D(Recognizer2D):
+    """Recognizer2D whose backbone is patched with AdaFuse (`patch_model`).
+
+    Args:
+        adafuse: `AdaFuseConfig` fields plus the keys of :data:`LOSS_DEFAULTS`.
+        Others: as mmaction2's ``Recognizer2D`` (backbone from mmaction2, ``timm.*``
+            or ``torchvision.*``).
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        cls_head: dict | None = None,
+        neck: dict | None = None,
+        train_cfg: dict | None = None,
+        test_cfg: dict | None = None,
+        data_preprocessor: dict | None = None,
+        adafuse: dict | None = None,
+    ) -> None:
+        config, self.loss_settings = split_settings(adafuse)
+        super().__init__(
+            backbone=backbone,
+            cls_head=cls_head,
+            neck=neck,
+            train_cfg=train_cfg,
+            test_cfg=test_cfg,
+            data_preprocessor=data_preprocessor,
+        )
+        for owner in ("backbone", "cls_head"):
+            segments = getattr(getattr(self, owner, None), "num_segments", None)
+            if segments is not None and segments != config.num_segments:
+                raise AdaFuseConfigError(
+                    f"adafuse.num_segments={config.num_segments} but {owner}.num_segments="
+                    f"{segments}; set both to the frames per clip"
+                )
+        patch_model(self.backbone, config)
+        self.adafuse_config = config
+        self._flops_loss: AdaFuseFlopsLoss | None = None
+        self._static_report: FlopsReport | None = None
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        """(T, 3, S, S): the clip that FLOPs are counted for."""
+        size = self.loss_settings["input_size"]
+        return (self.adafuse_config.num_segments, 3, size, size)
+
+    @property
+    def flops_loss(self) -> AdaFuseFlopsLoss:
+        """The FLOPs loss, built on first use (its dense FLOPs count traces the backbone)."""
+        if self._flops_loss is None:
+            s = self.loss_settings
+            loss = AdaFuseFlopsLoss(
+                self.backbone,
+                input_shape=self.clip_shape,
+                weight=s["flops_weight"],
+                mode=s["flops_mode"],
+                normalize=s["normalize"],
+                target=s["flops_target"],
+            )
+            # Kept out of the module tree: it has no parameters or state to save.
+            self.__dict__["_flops_loss"] = loss
+        return self._flops_loss
+
+    def flops_report(self) -> FlopsReport:
+        """Dense per-block FLOPs of one clip (no decisions), computed once."""
+        if self._static_report is None:
+            self._static_report = audit_flops(self.backbone, self.clip_shape, progress=False)
+        return self._static_report
+
+    def init_weights(self) -> None:
+        """mmaction2's initialisation of everything except the policy networks."""
+        with gates_detached(self.backbone):
+            super().init_weights()
+
+    def train(self, mode: bool = True) -> AdaFuseRecognizer2D:
+        """Keep policy networks trainable under ``norm_eval``, ``partial_bn`` and
+        ``frozen_stages``: they are new modules with nothing pretrained to protect."""
+        super().train(mode)
+        for _, gate in iter_gates(self.backbone):
+            if gate.policy_net is not None:
+                gate.policy_net.train(mode)
+                gate.policy_net.requires_grad_(True)
+        return self
+
+    def loss(self, inputs: torch.Tensor, data_samples: list, **kwargs: Any) -> dict:
+        """Recognizer2D losses plus ``loss_flops`` and the batch's policy statistics."""
+        losses = super().loss(inputs, data_samples, **kwargs)
+        flops_loss = self.flops_loss
+        losses["loss_flops"] = flops_loss()
+        counts = DecisionCounts()
+        counts.update(collect_decisions(self.backbone))
+        device = losses["loss_flops"].device
+        for action, share in counts.mix().items():
+            losses[f"{action}_ratio"] = torch.tensor(share, device=device)
+        losses["gflops_adaptive"] = torch.tensor(flops_loss.last_gflops, device=device)
+        return losses
+
+    def predict(self, inputs: torch.Tensor, data_samples: list, **kwargs: Any) -> list:
+        """Recognizer2D predictions, each with its decision counts and the FLOPs table."""
+        samples = super().predict(inputs, data_samples, **kwargs)
+        report = self.flops_report()
+        decisions = collect_decisions(self.backbone)
+        views = next(iter(decisions.values())).shape[0] // len(samples)
+        for index, sample in enumerate(samples):
+            counts = DecisionCounts()
+            counts.update({k: d[index * views : (index + 1) * views] for k, d in decisions.items()})
+            sample.set_field(counts, COUNTS_FIELD, field_type="metainfo")
+            sample.set_field(report, REPORT_FIELD, field_type="metainfo")
+        return samples
+
+
+def report_from_counts(static: FlopsReport, counts: DecisionCounts) -> FlopsReport:
+    """A dense `FlopsReport` completed with accumulated decision counts (Eq. 5)."""
+    blocks = []
+    for block in static.blocks:
+        if block.name not in counts.blocks:
+            raise AdaFuseConfigError(f"no decisions were recorded for block {block.name!r}")
+        fractions = {action: counts.fraction(block.name, action) for action in ACTIONS}
+        saved = 1.0 - counts.fraction(block.name, "first_conv_needed")
+        blocks.append(dataclasses.replace(block, **fractions, first_conv_saved=saved))
+    return dataclasses.replace(static, blocks=blocks, clips_seen=counts.clips, mix=counts.mix())

@@ -1,0 +1,11 @@
+_base_ = [
+    "_base_/models/adafuse-tsn_efficientnet-b0.py",
+    "_base_/datasets/sthv1.py",
+    "_base_/schedules/sgd_50e.py",
+    "_base_/default_runtime.py",
+]
+
+model = dict(
+    cls_head=dict(num_classes=174),
+    adafuse=dict(flops_weight=0.125, flops_mode="upb", normalize=False),
+)

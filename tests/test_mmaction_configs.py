@@ -1,0 +1,170 @@
+"""The configs in mmaction_configs/: they build, match the paper's sizes, reject bad values."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mmaction")
+
+from adafuse_plugin import AdaFuseConfigError  # noqa: E402
+from adafuse_plugin.mmaction import AdaFuseRecognizer2D, load_config, validate_config  # noqa: E402
+from adafuse_plugin.mmaction.audit import dense_backbone_flops  # noqa: E402
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmaction_configs"
+CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.py"))
+CLASSES = {"sthv1": 174, "sthv2": 174, "jester": 27, "mini-kinetics": 200, "synthetic": 10}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def config(name: str):
+    cfg = load_config(CONFIG_DIR / name)
+    if cfg.model.backbone.type.startswith("timm."):
+        cfg.model.backbone.pretrained = False  # no downloads in tests
+    return cfg
+
+
+def build(cfg) -> torch.nn.Module:
+    from mmaction.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmaction")
+    return MODELS.build(copy.deepcopy(cfg.model))
+
+
+def num_params(model: torch.nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def test_there_is_a_config_per_model_and_dataset():
+    models = {"tsn_r50", "tsm_r50", "adafuse-tsn_r18", "adafuse-tsn_r50", "adafuse-tsm_r50",
+              "adafuse-tsm-last_r50", "adafuse-tsn_efficientnet-b0"}  # fmt: skip
+    for model in models:
+        for dataset in ("sthv1", "sthv2", "jester", "mini-kinetics"):
+            assert f"{model}_8xb8-1x1x8-50e_{dataset}-rgb.py" in CONFIGS
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_model_and_pipelines(name):
+    from mmaction.registry import TRANSFORMS
+    from mmengine.dataset import Compose
+
+    cfg = config(name)
+    model = build(cfg)
+    dataset = name.rsplit("_", 1)[1].removesuffix("-rgb.py")
+    assert model.cls_head.num_classes == CLASSES[dataset]
+    assert isinstance(model, AdaFuseRecognizer2D) == name.startswith("adafuse")
+    for split in ("train", "val", "test"):
+        Compose([TRANSFORMS.build(step) for step in cfg[f"{split}_dataloader"].dataset.pipeline])
+    if name.startswith("adafuse"):
+        assert cfg.model.adafuse.num_segments == 8 or "synthetic" in name
+        assert {h.type for h in cfg.custom_hooks} == {"AdaFuseHook"}
+        assert cfg.val_evaluator.type == "AdaFuseMetric"
+    if "sthv1" in name and name.startswith("adafuse"):
+        assert (cfg.model.adafuse.flops_weight, cfg.model.adafuse.flops_mode) == (0.125, "upb")
+    if "sthv2" in name and name.startswith("adafuse"):
+        assert (cfg.model.adafuse.flops_weight, cfg.model.adafuse.flops_mode) == (0.075, "real")
+
+
+@pytest.mark.parametrize(
+    "name, millions",
+    [
+        ("adafuse-tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py", 37.7),
+        ("adafuse-tsm_r50_8xb8-1x1x8-50e_sthv1-rgb.py", 37.7),
+        ("adafuse-tsm-last_r50_8xb8-1x1x8-50e_sthv1-rgb.py", 39.1),
+    ],
+)
+def test_parameter_counts_match_the_paper(name, millions):
+    assert round(num_params(build(config(name))), 1) == millions
+
+
+@pytest.mark.parametrize("name", ["tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py",
+                                  "tsm_r50_8xb8-1x1x8-50e_sthv1-rgb.py"])  # fmt: skip
+def test_dense_flops_of_r50_baselines_match_the_paper(name):
+    model = build(config(name))
+    gflops = dense_backbone_flops(model.backbone, (8, 3, 224, 224)) / 1e9
+    assert gflops == pytest.approx(33.2, rel=0.015)
+
+
+def test_adafuse_dense_flops_equal_the_baseline():
+    model = build(config("adafuse-tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py"))
+    report = model.flops_report()
+    baseline = dense_backbone_flops(build(config("tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py")).backbone,
+                                    (8, 3, 224, 224))  # fmt: skip
+    assert report.dense == pytest.approx(baseline, rel=1e-6)
+    assert report.policy / report.dense < 0.01
+
+
+# -- bad values fail at build time ----------------------------------------------------
+TINY = "adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py"
+
+
+def test_unknown_block_selection_is_rejected():
+    cfg = config(TINY)
+    cfg.model.adafuse.stages = (7,)
+    with pytest.raises(AdaFuseConfigError, match=r"stages=\[7\] is out of range"):
+        build(cfg)
+    cfg.model.adafuse.stages = None
+    cfg.model.adafuse.include = ("layer9.*",)
+    with pytest.raises(AdaFuseConfigError, match="matches none"):
+        build(cfg)
+
+
+def test_num_segments_must_match_backbone_and_head():
+    cfg = config(TINY)
+    cfg.model.adafuse.num_segments = 8
+    with pytest.raises(AdaFuseConfigError, match="backbone.num_segments=4"):
+        build(cfg)
+
+
+def test_num_segments_must_match_the_pipelines(tmp_path):
+    cfg = config(TINY)
+    for split in ("train", "val", "test"):
+        cfg[f"{split}_dataloader"].dataset.ann_file = str(tmp_path / "list.txt")
+        cfg[f"{split}_dataloader"].dataset.data_prefix.video = str(tmp_path)
+    (tmp_path / "list.txt").write_text("")
+    validate_config(cfg)
+    cfg.val_dataloader.dataset.pipeline[1].num_clips = 6
+    with pytest.raises(AdaFuseConfigError, match=r"val_dataloader.*clip_len\*num_clips=6"):
+        validate_config(cfg)
+
+
+def test_missing_data_root_is_reported():
+    cfg = config("adafuse-tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py")
+    with pytest.raises(AdaFuseConfigError, match="sthv1_train_list_rawframes.txt' does not exist"):
+        validate_config(cfg)
+
+
+def test_missing_num_segments_and_bad_loss_mode_are_rejected():
+    cfg = config(TINY)
+    cfg.model.adafuse.flops_mode = "fast"
+    with pytest.raises(AdaFuseConfigError, match="flops_mode must be 'real' or 'upb'"):
+        build(cfg)
+    cfg.model.adafuse.flops_mode = "real"
+    del cfg.model.adafuse["num_segments"]
+    with pytest.raises(AdaFuseConfigError, match="needs num_segments"):
+        build(cfg)
+
+
+def test_cli_audit_accepts_configs(capsys):
+    import json
+
+    from adafuse_plugin.cli import main
+
+    assert main(["audit", str(CONFIG_DIR / TINY), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "AdaFuseRecognizer2D" and report["frames"] == 4
+    assert len(report["blocks"]) == 8 and report["adaptive"] is None  # no data: dense only
+    assert main(["audit", str(CONFIG_DIR / "tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py")]) == 0
+    assert "Recognizer2D: dense 32.87 GFLOPs per clip of 8 frames" in capsys.readouterr().out
+    assert main(["audit", "resnet18", "--data", "val"]) == 2

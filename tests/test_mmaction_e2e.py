@@ -1,0 +1,146 @@
+"""Slow end-to-end runs of the mmaction2 integration on generated videos (CPU).
+
+A real mmengine Runner trains the small AdaFuse-TSM R18 config through the ``adafuse``
+CLI, validates, tests, resumes, and audits a split; a two-process torchrun (gloo)
+job trains with identical weights on both ranks afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mmaction")
+
+from adafuse_plugin.cli import main  # noqa: E402
+from adafuse_plugin.mmaction.compat import safe_load_checkpoint  # noqa: E402
+from adafuse_plugin.synthetic_videos import generate_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "mmaction_configs/adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """2 cores: intra-op threads fight the data pipeline (environment.md)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, size="tiny", num_frames=16, frame_size=64, progress=False)
+    return str(root)
+
+
+def data_options(root: str, **extra: object) -> list[str]:
+    """--cfg-options pointing every split at ``root``."""
+    options = []
+    for split in ("train", "val", "test"):
+        options += [
+            f"{split}_dataloader.dataset.ann_file={root}/{split}_list.txt",
+            f"{split}_dataloader.dataset.data_prefix.video={root}",
+        ]
+    return options + [f"{key}={value}" for key, value in extra.items()]
+
+
+def scalars(work_dir: Path) -> list[dict]:
+    """Every record of the run's scalars.json logs."""
+    return [
+        json.loads(line)
+        for path in sorted(work_dir.glob("*/vis_data/scalars.json"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_train_validate_test_resume_audit(data_root, tmp_path, capsys):
+    work_dir = tmp_path / "work"
+    options = data_options(data_root, **{"train_cfg.max_epochs": 1, "experiment_name": "e2e_a"})
+    common = ["--work-dir", str(work_dir), "--cfg-options", *options]
+    assert main(["train", CONFIG, *common]) == 0
+
+    records = scalars(work_dir)
+    train = [r for r in records if "loss_flops" in r]
+    assert train, records[:2]
+    assert all(r["loss"] == pytest.approx(r["loss_cls"] + r["loss_flops"], abs=1e-3) for r in train)
+    assert {"keep_ratio", "reuse_ratio", "skip_ratio", "gflops_adaptive", "tau"} <= set(train[0])
+    assert {"layer1.0/keep", "layer4.1/skip"} <= set(train[0])
+    val = [r for r in records if "acc/top1" in r]
+    assert len(val) == 1
+    mix = sum(val[0][f"acc/{a}"] for a in ("keep", "reuse", "skip"))
+    assert mix == pytest.approx(1.0)
+    assert 0 < val[0]["acc/gflops_real"] < val[0]["acc/gflops_upb"] <= val[0]["acc/gflops_dense"]
+
+    checkpoint = work_dir / "epoch_1.pth"
+    assert main(["test", CONFIG, str(checkpoint), *common]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[out.rindex("\n{") + 1 :])  # the CLI prints the metrics last
+    assert 0.0 <= metrics["acc/top1"] <= 1.0
+    assert metrics["acc/gflops_real"] < metrics["acc/gflops_dense"]
+
+    resumed = data_options(data_root, **{"train_cfg.max_epochs": 2, "experiment_name": "e2e_b"})
+    argv = ["train", CONFIG, "--resume", "--work-dir", str(work_dir), "--cfg-options", *resumed]
+    assert main(argv) == 0
+    state = safe_load_checkpoint(work_dir / "epoch_2.pth")
+    assert state["meta"]["epoch"] == 2 and state["meta"]["iter"] == 20
+    assert any(k.endswith("adafuse.policy_net.fc1.weight") for k in state["state_dict"])
+    epoch_two = [r for r in scalars(work_dir) if "loss_flops" in r and r["epoch"] == 2]
+    assert len(epoch_two) == 10  # resumed at epoch 2, not retrained from scratch
+
+    capsys.readouterr()
+    argv = ["audit", CONFIG, "--checkpoint", str(work_dir / "epoch_2.pth"), "--data", "val",
+            "--json", "--cfg-options", *options]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["clips_seen"] == 20 and len(report["blocks"]) == 8
+    assert report["adaptive"] < report["dense"]
+
+
+DIST_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+from adafuse_plugin.cli import _cfg_options
+from adafuse_plugin.mmaction import build_runner, load_config
+
+torch.set_num_threads(1)
+cfg = load_config(sys.argv[1], _cfg_options(sys.argv[3:]))
+cfg.work_dir = sys.argv[2]
+runner = build_runner(cfg, launcher="pytorch")
+runner.train()
+params = {k: v.detach().clone() for k, v in runner.model.module.named_parameters()}
+torch.save(params, f"{sys.argv[2]}/params_rank{dist.get_rank()}.pt")
+"""
+
+
+def test_two_process_distributed_training(data_root, tmp_path):
+    """torchrun + gloo on CPU: both ranks train and end with identical weights."""
+    work_dir = tmp_path / "dist"
+    work_dir.mkdir()
+    script = tmp_path / "train_dist.py"
+    script.write_text(DIST_SCRIPT)
+    options = data_options(
+        data_root,
+        **{"train_cfg.max_epochs": 1, "train_cfg.val_interval": 5, "experiment_name": "e2e_dist"},
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port=29531", str(script), CONFIG, str(work_dir), *options]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    state = safe_load_checkpoint(work_dir / "epoch_1.pth")
+    assert state["meta"]["iter"] == 5  # 20 clips / (2 ranks x batch 2)
+    rank0, rank1 = (torch.load(work_dir / f"params_rank{r}.pt") for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    assert any("adafuse.policy_net" in name for name in rank0)
+    for name, value in rank0.items():
+        torch.testing.assert_close(value, rank1[name], msg=f"{name} differs between ranks")

@@ -1,0 +1,176 @@
+"""AdaFuseRecognizer2D, AdaFuseHook and AdaFuseMetric against mmaction2's own machinery."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("mmaction")
+
+from adafuse_plugin import AdaFuseConfigError, iter_gates  # noqa: E402
+from adafuse_plugin.mmaction import AdaFuseHook, AdaFuseMetric  # noqa: E402
+from adafuse_plugin.mmaction.recognizer import COUNTS_FIELD  # noqa: E402
+
+PREPROCESSOR = dict(type="ActionDataPreprocessor", mean=[123.675, 116.28, 103.53],
+                    std=[58.395, 57.12, 57.375], format_shape="NCHW")  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def recognizer(backbone: dict, in_channels: int, segments: int = 2, **adafuse) -> torch.nn.Module:
+    from mmaction.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmaction")
+    return MODELS.build(
+        dict(
+            type="AdaFuseRecognizer2D",
+            backbone=backbone,
+            cls_head=dict(
+                type="TSNHead", num_classes=5, in_channels=in_channels, average_clips="prob"
+            ),
+            adafuse=dict(num_segments=segments, hidden_size=16, input_size=32, **adafuse),
+            data_preprocessor=PREPROCESSOR,
+        )
+    )
+
+
+def batch(clips: int = 2, segments: int = 2, size: int = 32) -> dict:
+    from mmaction.structures import ActionDataSample
+
+    samples = [ActionDataSample().set_gt_labels(torch.tensor([i % 5])) for i in range(clips)]
+    inputs = [torch.randint(0, 255, (segments, 3, size, size), dtype=torch.uint8)] * clips
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def policy_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "policy_net" in k}
+
+
+R18 = dict(type="ResNet", depth=18, pretrained=None, norm_eval=False)
+
+
+def test_init_weights_leaves_policy_networks_alone():
+    model = recognizer(R18, 512)
+    before = policy_parameters(model)
+    model.init_weights()
+    after = policy_parameters(model)
+    assert before.keys() == after.keys() and before
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, msg=name)
+    fc1 = next(v for k, v in after.items() if k.endswith("fc1.weight"))
+    assert fc1.std() < 0.01  # the paper's N(0, 0.001), not Kaiming
+
+
+def test_norm_eval_and_partial_bn_do_not_freeze_policy_networks():
+    backbone = dict(R18, norm_eval=True, partial_bn=True, frozen_stages=4)
+    model = recognizer(backbone, 512)
+    model.train()
+    for _, gate in iter_gates(model.backbone):
+        assert gate.policy_net.norm.training
+        assert all(p.requires_grad for p in gate.policy_net.parameters())
+    assert not model.backbone.layer1[0].conv1.bn.training  # the backbone's own BN is frozen
+
+
+def test_loss_has_flops_term_and_logged_statistics():
+    model = recognizer(R18, 512, flops_weight=0.5)
+    model.init_weights()
+    data = model.data_preprocessor(batch(), True)
+    losses = model(**data, mode="loss")
+    assert {"loss_cls", "loss_flops", "keep_ratio", "reuse_ratio", "skip_ratio",
+            "gflops_adaptive"} <= set(losses)  # fmt: skip
+    total, log_vars = model.parse_losses(losses)
+    torch.testing.assert_close(total, losses["loss_cls"] + losses["loss_flops"])
+    assert log_vars["keep_ratio"] + log_vars["reuse_ratio"] + log_vars["skip_ratio"] == (
+        pytest.approx(1.0)
+    )
+    total.backward()
+    grads = [p.grad for k, p in model.named_parameters() if "policy_net.fc2" in k]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_tsm_optimizer_constructor_covers_policy_parameters():
+    from mmaction.registry import MODELS
+    from mmengine.optim import build_optim_wrapper
+
+    backbone = dict(type="ResNetTSM", depth=18, num_segments=2, pretrained=None,
+                    pretrained2d=False, partial_bn=True)  # fmt: skip
+    model = recognizer(backbone, 512, share_policy=True)
+    assert MODELS.get("AdaFuseRecognizer2D") is type(model)
+    model.train()
+    wrapper = build_optim_wrapper(
+        model,
+        dict(
+            constructor="TSMOptimWrapperConstructor",
+            paramwise_cfg=dict(fc_lr5=True),
+            optimizer=dict(type="SGD", lr=0.01, momentum=0.9),
+        ),  # fmt: skip
+    )
+    groups = wrapper.optimizer.param_groups
+    optimised = {id(p) for g in groups for p in g["params"]}
+    policy = [p for k, p in model.named_parameters() if "policy_net" in k]
+    assert policy and all(id(p) in optimised for p in policy)
+    lr5 = next(g for g in groups if g["lr"] == pytest.approx(0.05))["params"]
+    assert lr5 == [model.cls_head.fc_cls.weight]  # the classifier keeps its 5x lr
+
+
+def test_strict_pretrained_loader_of_mobilenetv2_tsm(tmp_path):
+    from mmaction.models.backbones import MobileNetV2
+
+    path = tmp_path / "mbv2.pth"
+    torch.save(MobileNetV2(pretrained=None).state_dict(), path)
+    backbone = dict(type="MobileNetV2TSM", num_segments=2, pretrained=str(path),
+                    pretrained2d=True)  # fmt: skip
+    model = recognizer(backbone, 1280)
+    model.init_weights()  # strict=True load: must not see the AdaFuse modules
+    assert len(list(iter_gates(model.backbone))) > 0
+
+
+def test_timm_and_torchvision_backbones_train_and_predict():
+    for backbone, channels in ((dict(type="timm.resnet18", pretrained=False), 512),
+                               (dict(type="torchvision.resnet18"), 512)):  # fmt: skip
+        model = recognizer(backbone, channels)
+        model.init_weights()
+        data = model.data_preprocessor(batch(), True)
+        assert torch.isfinite(model(**data, mode="loss")["loss_flops"])
+        model.eval()
+        with torch.no_grad():
+            predictions = model(**model.data_preprocessor(batch(), False), mode="predict")
+        assert predictions[0].metainfo[COUNTS_FIELD].clips == 1
+
+
+def test_metric_accumulates_the_whole_split():
+    model = recognizer(R18, 512).eval()
+    metric = AdaFuseMetric()
+    outputs = []
+    with torch.no_grad():
+        for _ in range(3):
+            samples = model(**model.data_preprocessor(batch(clips=3), False), mode="predict")
+            outputs += samples
+            metric.process(None, [s.to_dict() for s in samples])
+    result = metric.compute_metrics(metric.results)
+    assert {"top1", "top5", "gflops_dense", "gflops_real", "gflops_upb", "layer1.0/skip"} <= set(
+        result
+    )
+    skipped = sum(s.metainfo[COUNTS_FIELD].blocks["layer1.0"]["skip"] for s in outputs)
+    elements = sum(s.metainfo[COUNTS_FIELD].blocks["layer1.0"]["elements"] for s in outputs)
+    assert result["layer1.0/skip"] == pytest.approx(skipped / elements)
+    assert result["gflops_real"] <= result["gflops_upb"] + 1e-9
+
+
+def test_hook_schedules_and_validation():
+    assert AdaFuseHook().temperature(5, 10) == 0.67
+    hook = AdaFuseHook(tau=1.0, tau_end=0.1, schedule="exp")
+    assert hook.temperature(0, 11) == pytest.approx(1.0)
+    assert hook.temperature(10, 11) == pytest.approx(0.1)
+    assert AdaFuseHook(tau=1.0, tau_end=0.5, schedule="linear").temperature(5, 11) == 0.75
+    with pytest.raises(AdaFuseConfigError, match="needs tau_end"):
+        AdaFuseHook(schedule="linear")
+    with pytest.raises(AdaFuseConfigError, match="schedule must be one of"):
+        AdaFuseHook(schedule="cosine")
