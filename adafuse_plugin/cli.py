@@ -126,7 +126,18 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(output_dir=args.output_dir, quick=args.quick, epochs=args.epochs, size=args.size)
+    size = int(args.size) if args.size and args.size.isdigit() else args.size
+    run_demo(
+        output_dir=args.output_dir,
+        quick=args.quick,
+        epochs=args.epochs,
+        size=size,
+        num_frames=args.frames,
+        frame_size=args.frame_size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        quiet=args.quiet or None,
+    )
     return 0
 
 
@@ -134,11 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adafuse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train and compare TSN vs AdaFuse on generated videos")
-    demo.add_argument("--output-dir", default="adafuse_demo_output")
+    demo = commands.add_parser(
+        "demo",
+        help="train TSN / AdaFuse-TSN / AdaFuse-TSM R18 with mmaction2 on generated videos (CPU)",
+        description="Generate (cached) synthetic videos, train TSN-R18, AdaFuse-TSN-R18 and "
+        "AdaFuse-TSM-R18 with mmengine's Runner through mmaction2's video pipeline, test them "
+        "with AdaFuseMetric, print a table and write report.json plus PNG plots.",
+    )
+    demo.add_argument("--output-dir", default="adafuse_demo_output",
+                      help="report, plots, work dirs and the cached dataset go here")  # fmt: skip
     demo.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs per model")
-    demo.add_argument("--size", default=None, help="dataset size: tiny/small/medium/large")
+    demo.add_argument("--size", default=None,
+                      help="dataset size: tiny/small/medium/large or clips per class")  # fmt: skip
+    demo.add_argument("--frames", type=int, default=None, help="frames per clip (default 8)")
+    demo.add_argument("--frame-size", type=int, default=None, help="pixels (default 64)")
+    demo.add_argument("--batch-size", type=int, default=None, help="clips per batch (default 8)")
+    demo.add_argument("--workers", type=int, default=None, help="dataloader workers (default 1)")
+    demo.add_argument("--quiet", action="store_true",
+                      help="hide mmengine's log lines (progress bar and table only)")  # fmt: skip
     demo.set_defaults(func=_demo)
 
     train = commands.add_parser("train", help="train an mmaction2 config (mmengine Runner)")

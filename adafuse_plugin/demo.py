@@ -1,134 +1,220 @@
-"""``adafuse demo``: TSN vs AdaFuse ResNet-18 on generated temporal-reasoning videos, on CPU.
+"""``adafuse demo``: TSN vs AdaFuse-TSN vs AdaFuse-TSM ResNet-18 through mmaction2, on CPU.
 
-Generates (and caches) the synthetic dataset, decodes the real video files, trains each
-model with the FLOPs-regularised loss, evaluates top-1 and audits dense vs adaptive FLOPs
-over the whole test split, then prints a table and writes ``report.json``.
+Generates (and caches) the synthetic temporal-reasoning videos, then for each model builds an
+mmaction2 config from the small synthetic config
+(``mmaction_configs/adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py``), trains it with
+mmengine's ``Runner`` through the real data pipeline (``VideoDataset``, decord decoding,
+``SampleFrames``, ``Resize``), tests it on the test split with ``AdaFuseMetric`` (top-1, dense
+and adaptive GFLOPs, keep / reuse / skip mix, per block), prints a table and writes a report
+folder: ``report.json`` and PNG plots (see :mod:`adafuse_plugin.report_plots`).
+
+TSN is ``AdaFuseRecognizer2D`` with ``policy='keep'``: its outputs equal the unpatched
+network's, and the same metric reports its (dense == adaptive) FLOPs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+SYNTHETIC_CONFIG = "adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py"
+ACTIONS = ("keep", "reuse", "skip")
 
-from .config import AdaFuseConfig
-from .flops import audit_flops
-from .loss import AdaFuseFlopsLoss, consensus
-from .surgery import patch_model
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 1, 3, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1) * 255
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One model of the comparison."""
+
+    name: str
+    backbone: str  # "tsn" (mmaction2 ResNet + TSNHead) or "tsm" (ResNetTSM + TSMHead)
+    policy: str  # AdaFuseConfig.policy: "keep" is the plain baseline
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("TSN-R18", "tsn", "keep"),
+    Variant("AdaFuse-TSN-R18", "tsn", "adafuse"),
+    Variant("AdaFuse-TSM-R18", "tsm", "adafuse"),
+)
 
 
 @dataclasses.dataclass
 class DemoSettings:
     """Budget of one demo run."""
 
-    size: str = "small"
-    epochs: int = 10
+    size: str | int = "small"
+    epochs: int = 8
     num_frames: int = 8
     frame_size: int = 64
-    batch_clips: int = 8
-    lr: float = 0.01
+    batch_size: int = 8
+    optimizer: str = "adamw"  # or "sgd" (the paper's; slow to start from scratch)
+    lr: float = 1e-3
     flops_weight: float = 0.1
+    num_workers: int = 1
+    threads: int = 1
+    log_interval: int = 10
+    seed: int = 0
+    quiet: bool = False
 
 
-def decode_split(list_file: Path, root: Path, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every video of an annotation list to (N, T, 3, H, W) uint8 and (N,) labels,
-    sampling ``num_frames`` frames at TSN segment centres."""
-    import cv2
-
-    clips, labels = [], []
-    for line in list_file.read_text().splitlines():
-        path, label = line.rsplit(" ", 1)
-        capture = cv2.VideoCapture(str(root / path))
-        frames = []
-        ok, frame = capture.read()
-        while ok:
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            ok, frame = capture.read()
-        capture.release()
-        if not frames:
-            raise RuntimeError(f"could not decode {root / path}")
-        index = ((np.arange(num_frames) + 0.5) * len(frames) / num_frames).astype(int)
-        clips.append(np.stack([frames[i] for i in index]))
-        labels.append(int(label))
-    return torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3), torch.tensor(labels)
+QUICK = dict(size="tiny", epochs=2)
 
 
-def _frames(clips: torch.Tensor) -> torch.Tensor:
-    return ((clips.float() - MEAN) / STD).flatten(0, 1)
+def config_dir() -> Path:
+    """The repository's ``mmaction_configs`` folder (the package is installed editable)."""
+    return Path(__file__).resolve().parents[1] / "mmaction_configs"
 
 
-def train_and_evaluate(
-    name: str,
-    config: AdaFuseConfig,
-    data: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    settings: DemoSettings,
-    num_classes: int,
-) -> dict:
-    """Train one ResNet-18 variant, then measure top-1 and FLOPs on the test split."""
-    import timm
-    from tqdm.auto import tqdm
+def _set_pipeline(pipeline: list, num_frames: int, frame_size: int) -> None:
+    for step in pipeline:
+        if step["type"] == "SampleFrames":
+            step.update(clip_len=1, frame_interval=1, num_clips=num_frames)
+        elif step["type"] == "Resize":
+            step.update(scale=(frame_size, frame_size), keep_ratio=False)
 
-    torch.manual_seed(0)
-    model = patch_model(timm.create_model("resnet18", num_classes=num_classes), config)
-    shape = (settings.num_frames, 3, settings.frame_size, settings.frame_size)
-    flops_loss = AdaFuseFlopsLoss(model, input_shape=shape, weight=settings.flops_weight)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9,
-                                weight_decay=5e-4)  # fmt: skip
-    clips, labels = data["train"]
-    steps = settings.epochs * -(-len(clips) // settings.batch_clips)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings.lr, total_steps=steps)
-    start = time.perf_counter()
-    with tqdm(total=steps, desc=f"train {name}", unit="step") as bar:
-        for _ in range(settings.epochs):
-            model.train()
-            for batch in torch.randperm(len(clips)).split(settings.batch_clips):
-                logits = consensus(model(_frames(clips[batch])), settings.num_frames)
-                loss = F.cross_entropy(logits, labels[batch])
-                if config.policy != "keep":
-                    loss = loss + flops_loss()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                bar.update()
-    train_seconds = time.perf_counter() - start
-    test_clips, test_labels = data["test"]
-    model.eval()
-    loader = [(_frames(c), None) for c in test_clips.split(settings.batch_clips)]
-    report = audit_flops(model, shape, loader=loader, progress=False)
-    with torch.no_grad():
-        predictions = torch.cat([consensus(model(f), settings.num_frames) for f, _ in loader])
+
+def build_config(
+    variant: Variant, settings: DemoSettings, data_root: Path, work_dir: Path, num_classes: int
+) -> Any:
+    """The mmengine config of one demo model, derived from the synthetic base config."""
+    from .mmaction.runner import load_config
+
+    path = config_dir() / SYNTHETIC_CONFIG
+    cfg = load_config(path)
+    frames, size = settings.num_frames, settings.frame_size
+    model = cfg.model
+    adafuse = dict(model.adafuse)
+    weight = settings.flops_weight if variant.policy != "keep" else 0.0
+    adafuse.update(num_segments=frames, input_size=size, policy=variant.policy, flops_weight=weight)
+    model.adafuse = adafuse
+    if variant.backbone == "tsn":
+        model.backbone = dict(type="ResNet", depth=18, pretrained=None, norm_eval=False)
+        head = {k: v for k, v in model.cls_head.items() if k not in ("num_segments", "is_shift")}
+        model.cls_head = dict(head, type="TSNHead", num_classes=num_classes)
+    else:
+        model.backbone.num_segments = frames
+        model.cls_head.num_segments = frames
+        model.cls_head.num_classes = num_classes
+    if variant.policy == "keep":
+        cfg.custom_hooks = []  # no temperature to anneal, no decisions worth logging
+
+    for split in ("train", "test"):
+        loader = cfg[f"{split}_dataloader"]
+        loader.batch_size = settings.batch_size
+        loader.num_workers = settings.num_workers
+        loader.persistent_workers = settings.num_workers > 0
+        loader.dataset.ann_file = str(data_root / f"{split}_list.txt")
+        loader.dataset.data_prefix = dict(video=str(data_root))
+        _set_pipeline(loader.dataset.pipeline, frames, size)
+    # Test once at the end, on the test split; no validation during training.
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+
+    epochs = settings.epochs
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs)
+    if settings.optimizer == "adamw":
+        cfg.optim_wrapper.optimizer = dict(type="AdamW", lr=settings.lr, weight_decay=0.05)
+    else:
+        sgd = dict(type="SGD", lr=settings.lr, momentum=0.9, weight_decay=5e-4)
+        cfg.optim_wrapper.optimizer = sgd
+    cfg.auto_scale_lr = dict(enable=False, base_batch_size=settings.batch_size)
+    cfg.optim_wrapper.paramwise_cfg = dict(fc_lr5=False)  # from scratch: no 5x lr on the fc
+    warmup = dict(type="LinearLR", start_factor=0.1, by_epoch=True, begin=0, end=1,
+                  convert_to_iter_based=True)  # fmt: skip
+    cfg.param_scheduler = [warmup]
+    if epochs > 1:
+        cosine = dict(type="CosineAnnealingLR", T_max=epochs - 1, eta_min=settings.lr * 0.01,
+                      by_epoch=True, begin=1, end=epochs, convert_to_iter_based=True)  # fmt: skip
+        cfg.param_scheduler.append(cosine)
+    cfg.default_hooks.logger = dict(type="LoggerHook", interval=settings.log_interval)
+    cfg.default_hooks.checkpoint = dict(
+        type="CheckpointHook", interval=epochs, save_best=None, max_keep_ckpts=1
+    )
+    cfg.randomness = dict(seed=settings.seed)
+    cfg.work_dir = str(work_dir)
+    cfg.experiment_name = variant.name  # mmengine appends a timestamp
+    if settings.quiet:
+        cfg.log_level = "WARNING"  # only the progress bar and the table
+    return cfg
+
+
+def _progress_hook(bar: Any, name: str) -> Any:
+    """An mmengine hook that advances ``bar`` on every train and test iteration."""
+    from mmengine.hooks import Hook
+
+    class DemoProgressHook(Hook):
+        priority = "VERY_LOW"
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            bar.set_postfix_str(f"{name} epoch {runner.epoch + 1}/{runner.max_epochs}")
+            bar.update()
+
+        def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            bar.set_postfix_str(f"{name} test")
+            bar.update()
+
+    return DemoProgressHook()
+
+
+def _result(variant: Variant, metrics: dict, params: int, seconds: dict) -> dict:
+    """One row of the report from ``AdaFuseMetric``'s metrics (prefix ``acc/``)."""
+    m = {k.removeprefix("acc/"): float(v) for k, v in metrics.items()}
+    blocks: dict[str, dict[str, float]] = {}
+    for key, value in m.items():
+        block, _, action = key.rpartition("/")
+        if block and action in ACTIONS:
+            blocks.setdefault(block, {})[action] = value
+    dense, adaptive = m["gflops_dense"], m["gflops_real"]
     return {
-        "model": name,
-        "top1": float((predictions.argmax(1) == test_labels).float().mean()),
-        "dense_gflops": report.dense / 1e9,
-        "adaptive_gflops": report.adaptive / 1e9,
-        "saving": report.saving,
-        "mix": report.mix,
-        "train_seconds": train_seconds,
+        "model": variant.name,
+        "backbone": variant.backbone,
+        "policy": variant.policy,
+        "top1": m["top1"],
+        "top5": m["top5"],
+        "dense_gflops": dense,
+        "adaptive_gflops": adaptive,
+        "upb_gflops": m["gflops_upb"],
+        "saving": 1.0 - adaptive / dense,
+        "mix": {a: m[a] for a in ACTIONS},
+        "blocks": blocks,
+        "params": params,
+        **seconds,
     }
+
+
+def train_and_test(
+    variant: Variant, settings: DemoSettings, data_root: Path, work_dir: Path, bar: Any
+) -> dict:
+    """Train one model with mmengine's Runner, then test it with ``AdaFuseMetric``."""
+    from .mmaction.runner import build_runner
+    from .synthetic_videos import CLASSES
+
+    cfg = build_config(variant, settings, data_root, work_dir, len(CLASSES))
+    runner = build_runner(cfg)
+    runner.register_hook(_progress_hook(bar, variant.name))
+    start = time.perf_counter()
+    runner.train()
+    trained = time.perf_counter()
+    metrics = runner.test()
+    tested = time.perf_counter()
+    params = sum(p.numel() for p in runner.model.parameters())
+    seconds = {"train_seconds": trained - start, "test_seconds": tested - trained}
+    return _result(variant, metrics, params, seconds)
 
 
 def format_table(results: list[dict]) -> str:
     """The demo's result table."""
     header = (
-        f"{'model':<16}{'top-1':>7}{'dense GF':>10}{'adaptive GF':>13}{'saving':>8}"
-        "  keep/reuse/skip"
+        f"{'model':<17}{'params':>8}{'top-1':>8}{'dense GF':>10}{'adaptive GF':>13}"
+        f"{'saving':>8}  keep/reuse/skip"
     )
     lines = [header, "-" * len(header)]
     for r in results:
-        mix = "/".join(f"{r['mix'][a]:.0%}" for a in ("keep", "reuse", "skip"))
+        mix = "/".join(f"{r['mix'][a]:.0%}" for a in ACTIONS)
         lines.append(
-            f"{r['model']:<16}{r['top1']:>7.1%}{r['dense_gflops']:>10.3f}"
+            f"{r['model']:<17}{r['params'] / 1e6:>7.2f}M{r['top1']:>8.1%}{r['dense_gflops']:>10.3f}"
             f"{r['adaptive_gflops']:>13.3f}{r['saving']:>8.1%}  {mix}"
         )
     return "\n".join(lines)
@@ -138,34 +224,66 @@ def run_demo(
     output_dir: str | Path = "adafuse_demo_output",
     quick: bool = False,
     epochs: int | None = None,
-    size: str | None = None,
+    size: str | int | None = None,
+    **overrides: Any,
 ) -> list[dict]:
-    """Generate data, train TSN-R18 and AdaFuse-R18, print and save the comparison."""
-    from .synthetic_videos import CLASSES, generate_dataset
+    """Generate data, train and test the three models, print the table, write the report.
 
-    settings = DemoSettings(size="tiny", epochs=3) if quick else DemoSettings()
-    settings = dataclasses.replace(
-        settings, epochs=epochs or settings.epochs, size=size or settings.size
-    )
+    ``overrides`` are further `DemoSettings` fields (``num_frames``, ``batch_size``...).
+    Returns one result dict per model, as in ``report.json``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    try:
+        import matplotlib  # noqa: F401
+        import mmaction  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError(
+            f"adafuse demo needs mmaction2 and matplotlib ({error}); install the extras: "
+            "pip install -c constraints.txt -e '.[mmaction,demo]' (or bash scripts/setup.sh)"
+        ) from error
+    from .report_plots import write_plots
+    from .synthetic_videos import generate_dataset
+
+    settings = DemoSettings(**QUICK) if quick else DemoSettings()
+    given = dict(overrides, epochs=epochs, size=size)
+    settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     output_dir = Path(output_dir)
-    info = generate_dataset(output_dir / "data", size=settings.size, num_frames=16,
-                            frame_size=settings.frame_size)  # fmt: skip
-    data = {
-        split: decode_split(info.lists[split], info.root, settings.num_frames)
-        for split in ("train", "test")
-    }
-    variants = {
-        "TSN-R18": AdaFuseConfig(num_segments=settings.num_frames, policy="keep"),
-        "AdaFuse-TSN-R18": AdaFuseConfig(num_segments=settings.num_frames),
-    }
-    results = [
-        train_and_evaluate(name, config, data, settings, len(CLASSES))
-        for name, config in variants.items()
-    ]
+    start = time.perf_counter()
+    data_root = output_dir / "data" / f"synthetic-{settings.size}-{settings.frame_size}px"
+    info = generate_dataset(
+        data_root, size=settings.size, num_frames=16, frame_size=settings.frame_size
+    )
+    steps = math.ceil(info.counts["train"] / settings.batch_size) * settings.epochs
+    steps += math.ceil(info.counts["test"] / settings.batch_size)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)  # 2 cores: more threads fight the data pipeline
+    results = []
+    try:
+        with tqdm(total=steps * len(VARIANTS), desc="adafuse demo", unit="it") as bar:
+            for variant in VARIANTS:
+                work_dir = output_dir / "work_dirs" / variant.name
+                results.append(train_and_test(variant, settings, data_root, work_dir, bar))
+    finally:
+        torch.set_num_threads(threads)
+
     table = format_table(results)
     print(table)
-    (output_dir / "report.json").write_text(
-        json.dumps({"settings": dataclasses.asdict(settings), "results": results}, indent=2)
-    )
-    print(f"report written to {output_dir / 'report.json'}")
+    plots = write_plots(results, output_dir)
+    report = {
+        "settings": dataclasses.asdict(settings),
+        "dataset": {"root": str(data_root), "clips": info.counts},
+        "flops_note": (
+            f"GFLOPs per clip of {settings.num_frames} frames at {settings.frame_size}x"
+            f"{settings.frame_size} (paper Eq. 5, 'real'), backbone only"
+        ),
+        "results": results,
+        "plots": [p.name for p in plots],
+        "table": table,
+        "total_seconds": time.perf_counter() - start,
+    }
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report written to {output_dir}: report.json, " + ", ".join(p.name for p in plots))
     return results

@@ -1,17 +1,50 @@
-"""`adafuse demo` runs end to end on generated videos and writes its report."""
+"""`adafuse demo` runs end to end (mmengine Runner, mmaction2 video pipeline) and reports."""
 
 from __future__ import annotations
 
 import json
 
-from adafuse_plugin.demo import run_demo
+import pytest
+
+pytest.importorskip("mmaction")
+pytest.importorskip("matplotlib")
+
+from adafuse_plugin.cli import main  # noqa: E402
+from adafuse_plugin.demo import format_table  # noqa: E402
+
+MODELS = ["TSN-R18", "AdaFuse-TSN-R18", "AdaFuse-TSM-R18"]
 
 
-def test_quick_demo_trains_evaluates_and_reports(tmp_path):
-    results = run_demo(output_dir=tmp_path, quick=True, epochs=1)
-    assert [r["model"] for r in results] == ["TSN-R18", "AdaFuse-TSN-R18"]
-    tsn, adafuse = results
-    assert tsn["adaptive_gflops"] == tsn["dense_gflops"]  # keep-only saves nothing
-    assert adafuse["adaptive_gflops"] < adafuse["dense_gflops"]
+def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
+    argv = ["demo", "--quick", "--epochs", "1", "--frames", "4", "--batch-size", "4",
+            "--workers", "0", "--quiet", "--output-dir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["results"][1]["mix"].keys() == {"keep", "reuse", "skip"}
+    results = report["results"]
+    assert [r["model"] for r in results] == MODELS
+    assert report["settings"]["num_frames"] == 4 and report["settings"]["epochs"] == 1
+    assert report["dataset"]["clips"]["test"] == 20
+    assert format_table(results) in out
+    for name in MODELS:
+        assert any(line.startswith(name + " ") for line in out.splitlines()), name
+
+    tsn, ada_tsn, ada_tsm = results
+    assert tsn["adaptive_gflops"] == tsn["dense_gflops"]  # keep-only saves nothing
+    assert tsn["saving"] == 0.0 and tsn["mix"] == {"keep": 1.0, "reuse": 0.0, "skip": 0.0}
+    for row in (ada_tsn, ada_tsm):
+        assert row["dense_gflops"] == pytest.approx(tsn["dense_gflops"])  # same backbone
+        assert 0 < row["adaptive_gflops"] < row["dense_gflops"]
+        assert row["saving"] > 0
+        assert sum(row["mix"].values()) == pytest.approx(1.0)
+        assert len(row["blocks"]) == 8 and "layer4.1" in row["blocks"]
+        assert row["params"] > tsn["params"]  # the policy networks
+    for row in results:
+        assert 0.0 <= row["top1"] <= 1.0 and row["train_seconds"] > 0
+
+    for name in ("accuracy_vs_gflops.png", "policy_mix.png", "block_policies.png"):
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert png.stat().st_size > 10_000, name  # a drawn figure, not an empty canvas
+    assert report["plots"] == ["accuracy_vs_gflops.png", "policy_mix.png", "block_policies.png"]
