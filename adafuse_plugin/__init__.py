@@ -15,6 +15,7 @@ in :mod:`adafuse_plugin.mmaction`.
 from .adapters import BlockAdapter, register_block_adapter, registered_block_classes
 from .checkpoint import adafuse_state_dict, load_adafuse, save_adafuse
 from .config import POLICIES, AdaFuseConfig
+from .early_exit import ExitPolicy, calibrate_exits, evaluate_exits, exit_curve
 from .errors import (
     AdaFuseCheckpointError,
     AdaFuseConfigError,
@@ -25,6 +26,7 @@ from .errors import (
 from .flops import BlockFlops, DecisionCounts, FlopsReport, audit_flops, count_decisions
 from .gate import AdaFuseGate, PolicyNet
 from .loss import AdaFuseFlopsLoss, consensus, expected_block_flops
+from .streaming import AdaFuseStreamingError, ExecutedFlops, StreamingRunner, StreamingStep
 from .summary import PatchSummary, summary
 from .surgery import (
     collect_decisions,
@@ -50,17 +52,25 @@ __all__ = [
     "AdaFuseGate",
     "AdaFuseInputError",
     "AdaFusePatchError",
+    "AdaFuseStreamingError",
     "BlockAdapter",
     "BlockFlops",
     "DecisionCounts",
+    "ExecutedFlops",
+    "ExitPolicy",
     "FlopsReport",
     "PatchSummary",
     "PolicyNet",
+    "StreamingRunner",
+    "StreamingStep",
     "adafuse_state_dict",
     "audit_flops",
+    "calibrate_exits",
     "collect_decisions",
     "consensus",
     "count_decisions",
+    "evaluate_exits",
+    "exit_curve",
     "expected_block_flops",
     "find_blocks",
     "get_config",

@@ -29,8 +29,8 @@ ACTIONS = ("keep", "reuse", "skip")
 #: mmaction2's ResNetTSM strips those from checkpoint keys.
 GATE_ATTR = "adafuse"
 
-#: Actions a learned policy may not take, per policy.
-_FORBIDDEN_ACTIONS = {"adafuse": (), "keep_skip": (REUSE,), "keep_reuse": (SKIP,)}
+#: Actions a learned policy may not take, per policy (shared with the streaming runner).
+FORBIDDEN_ACTIONS = {"adafuse": (), "keep_skip": (REUSE,), "keep_reuse": (SKIP,)}
 
 
 class PolicyNet(nn.Module):
@@ -195,7 +195,7 @@ class AdaFuseGate(nn.Module):
         logits = self.policy_net(
             shift_to_previous_frame(pooled).flatten(0, 1), pooled.flatten(0, 1)
         ).view(*shape, 3)
-        forbidden = _FORBIDDEN_ACTIONS[self.config.policy]
+        forbidden = FORBIDDEN_ACTIONS[self.config.policy]
         if forbidden:
             mask = torch.zeros(3, dtype=torch.bool, device=logits.device)
             mask[list(forbidden)] = True

@@ -1,0 +1,281 @@
+"""StreamingRunner: frame-by-frame output equals the patched model, work equals Eq. 5."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import adafuse_plugin as af
+from adafuse_plugin.gate import KEEP, REUSE, SKIP
+from adafuse_plugin.streaming import (
+    AdaFuseStreamingError,
+    StreamingRunner,
+    supported_streaming_blocks,
+)
+
+from .conftest import force_decisions, randomize_norms
+
+timm = pytest.importorskip("timm")
+torchvision = pytest.importorskip("torchvision")
+
+SIZE = 32  # small frames keep the file fast (layer4 maps are 1x1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second OpenMP thread only adds overhead (10x slower on a loaded
+    2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def randomize_policies(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Policy weights large enough that decisions are mixed and depend on the input."""
+    generator = torch.Generator().manual_seed(seed)
+    for _, gate in af.iter_gates(model):
+        net = gate.policy_net
+        with torch.no_grad():
+            for parameter in net.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+            net.norm.running_var.uniform_(0.5, 1.5, generator=generator)
+    return model
+
+
+def build(name: str, frames: int, **config: object) -> nn.Module:
+    """A patched model with random norms and (for learned policies) random policies."""
+    torch.manual_seed(0)
+    if name.startswith("tv_"):
+        model = getattr(torchvision.models, name[3:])(num_classes=6)
+    else:
+        model = timm.create_model(name, num_classes=6)
+    af.patch_model(randomize_norms(model), num_segments=frames, **config)
+    if af.get_config(model).policy in ("adafuse", "keep_skip", "keep_reuse"):
+        randomize_policies(model)
+    return model.eval()
+
+
+def reference(model: nn.Module, clip: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Per-frame logits and decisions of the patched model run on the whole clip."""
+    with torch.no_grad():
+        logits = model(clip)
+    return logits, af.collect_decisions(model)
+
+
+def stream(runner: StreamingRunner, clip: torch.Tensor) -> list:
+    return [runner.step(frame) for frame in clip]
+
+
+def assert_matches(model: nn.Module, runner: StreamingRunner, clip: torch.Tensor) -> dict:
+    """Runner == patched model per frame and running mean; decisions; Eq. 5 FLOPs."""
+    logits, decisions = reference(model, clip)
+    steps = stream(runner, clip)
+    got = torch.stack([s.logits for s in steps])
+    tolerance = 1e-4 * max(1.0, float(logits.abs().max()))
+    torch.testing.assert_close(got, logits, atol=tolerance, rtol=1e-4)
+    running = logits.cumsum(0) / torch.arange(1, len(clip) + 1).view(-1, 1)
+    torch.testing.assert_close(torch.stack([s.prediction for s in steps]), running,
+                               atol=tolerance, rtol=1e-4)  # fmt: skip
+    recorded = runner.decisions()
+    assert recorded.keys() == decisions.keys()
+    for name, d in decisions.items():
+        assert torch.equal(recorded[name], d), name
+    report = af.audit_flops(model, input_shape=tuple(clip.shape), decisions=decisions,
+                            progress=False)  # fmt: skip
+    counters = runner.executed_flops
+    assert counters.eq5 == pytest.approx(report.adaptive, rel=1e-9)
+    assert counters.dense == pytest.approx(report.dense, rel=1e-9)
+    assert sum(s.flops for s in steps) == pytest.approx(counters.total, rel=1e-9)
+    return decisions
+
+
+def mix(decisions: dict) -> torch.Tensor:
+    """(keep, reuse, skip) counts over every block, frame and channel."""
+    stacked = torch.cat([d.flatten() for d in decisions.values()])
+    return torch.bincount(stacked, minlength=3)
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("resnet18", {}),
+        ("resnet26", {"granularity": 16, "stages": (0, -1)}),
+        ("tv_resnet18", {"granularity": 4}),
+        ("tv_resnet50", {"policy": "keep_skip", "stages": (-1,)}),
+        ("mobilenetv2_100", {"granularity": 8, "stages": (1, -2, -1)}),
+        ("efficientnet_b0", {"policy": "keep_reuse", "stages": (-3, -1)}),
+    ],
+)
+def test_runner_matches_patched_model_per_frame(name, config):
+    frames = 3
+    model = build(name, frames, **config)
+    clip = torch.randn(frames, 3, SIZE, SIZE)
+    # No dense fallback: on these tiny maps it would replace the sparse paths under test.
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback_below=None)
+    decisions = assert_matches(model, runner, clip)
+    assert runner.executed_flops.total == pytest.approx(runner.executed_flops.eq5, rel=1e-9)
+    counts = mix(decisions)
+    policy = af.get_config(model).policy
+    allowed = {"adafuse": (KEEP, REUSE, SKIP), "keep_skip": (KEEP, SKIP),
+               "keep_reuse": (KEEP, REUSE)}[policy]  # fmt: skip
+    assert all(counts[a] > 0 for a in allowed), counts  # mixed, so the test can fail
+
+
+@pytest.mark.parametrize("frames", [1, 5])
+def test_clip_lengths_and_prefixes(frames):
+    """After t frames the runner gives the patched model's logits of frames 0..t-1 for a
+    clip of any length (the model is causal: frame t never sees t+1)."""
+    model = build("resnet18", frames, granularity=2)
+    clip = torch.randn(frames, 3, SIZE, SIZE)
+    assert_matches(model, StreamingRunner(model, record_decisions=True), clip)
+
+
+@pytest.mark.parametrize(
+    "tuning",
+    [
+        {"dense_fallback_below": None},  # exact Eq. 5 work: packed selections only
+        {"dense_fallback_below": 10**9, "max_group_calls": 0},  # always the dense fallback
+        {"dense_fallback_below": None, "max_group_calls": 64, "min_group_channels": 1},
+        {"dense_fallback_below": None, "cache_size": 0},
+    ],
+)
+def test_execution_strategies_are_exact(tuning):
+    """Every way of running a channel selection gives the same frames; without the dense
+    fallback the runner executes exactly Eq. 5's FLOPs."""
+    frames = 4
+    model = build("resnet18", frames, granularity=8)
+    clip = torch.randn(frames, 3, SIZE, SIZE)
+    runner = StreamingRunner(model, record_decisions=True, **tuning)
+    assert_matches(model, runner, clip)
+    counters = runner.executed_flops
+    if tuning["dense_fallback_below"] is None:
+        assert counters.total == pytest.approx(counters.eq5, rel=1e-9)
+    else:
+        assert counters.total > counters.eq5
+
+
+def test_static_policy_hits_the_cache():
+    """Repeating one frame keeps decisions fixed: packed selections are reused."""
+    frames = 5
+    model = build("resnet18", frames, granularity=16)
+    clip = torch.randn(1, 3, SIZE, SIZE).expand(frames, -1, -1, -1).contiguous()
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback_below=None)
+    assert_matches(model, runner, clip)
+
+
+def test_eager_backend_matches():
+    model = build("resnet18", 3)
+    clip = torch.randn(3, 3, SIZE, SIZE)
+    assert_matches(model, StreamingRunner(model, backend="eager", record_decisions=True), clip)
+
+
+def test_forced_all_skip_all_reuse_on_strided_blocks():
+    """Whole blocks skipped or reused, including strided ones (empty second-conv input)."""
+    frames = 3
+    model = build("resnet18", frames, granularity=32)
+    gates = dict(af.iter_gates(model))
+    force_decisions(gates["layer2.0"], [SKIP] * gates["layer2.0"].groups)
+    force_decisions(gates["layer3.0"], [REUSE] * gates["layer3.0"].groups)
+    force_decisions(gates["layer4.0"], [KEEP, REUSE] * (gates["layer4.0"].groups // 2))
+    clip = torch.randn(frames, 3, SIZE, SIZE)
+    assert_matches(model, StreamingRunner(model, record_decisions=True), clip)
+
+
+def test_keep_policy_executes_dense_flops():
+    model = build("resnet18", 2, policy="keep")
+    runner = StreamingRunner(model, record_decisions=True)
+    assert_matches(model, runner, torch.randn(2, 3, SIZE, SIZE))
+    assert runner.executed_flops.total == pytest.approx(runner.executed_flops.dense)
+
+
+def test_reset_starts_a_new_video():
+    model = build("resnet18", 3)
+    clip = torch.randn(3, 3, SIZE, SIZE)
+    runner = StreamingRunner(model)
+    first = runner.run(clip)
+    stream(runner, torch.randn(2, 3, SIZE, SIZE))
+    runner.reset()
+    assert runner.frames_seen == 0 and runner.executed_flops.total == 0
+    torch.testing.assert_close(runner.run(clip), first)
+
+
+def _conv_macs(runner: StreamingRunner, clip: torch.Tensor) -> float:
+    """Multiply-adds of every convolution the (eager) runner dispatches for a clip."""
+    runner.step(clip[0])  # the first frame of a size runs the fvcore audit: not counted
+    runner.reset()
+    with FlopCounterMode(display=False) as counter:
+        runner.run(clip)
+    counts = counter.get_flop_counts()["Global"]
+    return sum(n for op, n in counts.items() if "convolution" in str(op)) / 2
+
+
+def test_executed_work_cross_checked_by_flop_counter():
+    """torch's dispatch-level FlopCounterMode sees what the eager backend really runs:
+    the conv work saved against the dense runner equals the runner's own counters."""
+    frames = 3
+    clip = torch.randn(frames, 3, SIZE, SIZE)
+    dense = StreamingRunner(build("resnet18", frames, policy="keep"), backend="eager")
+    sparse = StreamingRunner(
+        build("resnet18", frames, granularity=16), backend="eager", dense_fallback_below=None
+    )
+    saved = _conv_macs(dense, clip) - _conv_macs(sparse, clip)
+    table = next(iter(sparse._flops_tables.values()))
+    counters = sparse.executed_flops
+    expected = sum(
+        frames * (table.first[name] + table.second[name])
+        - counters.first_conv[name]
+        - counters.second_conv[name]
+        for name in sparse.block_names
+    )
+    assert expected > 0
+    assert saved == pytest.approx(expected, rel=1e-9)
+
+
+def test_frame_shapes_and_errors():
+    model = build("resnet18", 2)
+    runner = StreamingRunner(model)
+    assert runner.step(torch.randn(1, 3, SIZE, SIZE)).logits.shape == (6,)
+    with pytest.raises(AdaFuseStreamingError, match="batch 1"):
+        runner.step(torch.randn(2, 3, SIZE, SIZE))
+    with pytest.raises(AdaFuseStreamingError, match="frame must be"):
+        runner.step(torch.randn(3, SIZE))
+    with pytest.raises(AdaFuseStreamingError, match="reset"):
+        runner.step(torch.randn(3, SIZE + 8, SIZE))
+    with pytest.raises(AdaFuseStreamingError, match="record_decisions"):
+        runner.decisions()
+
+
+def test_rejects_training_mode_unpatched_models_and_unsupported_policies():
+    model = build("resnet18", 2)
+    with pytest.raises(AdaFuseStreamingError, match="eval"):
+        StreamingRunner(copy.deepcopy(model).train())
+    with pytest.raises(AdaFuseStreamingError, match="patched"):
+        StreamingRunner(timm.create_model("resnet18", num_classes=3).eval())
+    with pytest.raises(AdaFuseStreamingError, match="policy 'random'"):
+        StreamingRunner(build("resnet18", 2, policy="random"))
+    with pytest.raises(AdaFuseStreamingError, match="backend"):
+        StreamingRunner(model, backend="tpu")
+
+
+def test_rejects_patched_blocks_without_streaming_support():
+    model = build("mobilenetv2_100", 2)  # blocks.0.0 is a DepthwiseSeparableConv
+    with pytest.raises(AdaFuseStreamingError, match="DepthwiseSeparableConv"):
+        StreamingRunner(model)
+    assert "timm.models._efficientnet_blocks.InvertedResidual" in supported_streaming_blocks()
+
+
+def test_original_model_is_left_untouched():
+    model = build("resnet18", 2)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    runner = StreamingRunner(model)
+    runner.run(torch.randn(2, 3, SIZE, SIZE))
+    assert af.is_patched(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert np.isfinite(runner.executed_flops.saving)
