@@ -174,3 +174,23 @@ def test_hook_schedules_and_validation():
         AdaFuseHook(schedule="linear")
     with pytest.raises(AdaFuseConfigError, match="schedule must be one of"):
         AdaFuseHook(schedule="cosine")
+
+
+def test_hook_ramps_the_flops_weight_over_its_warmup():
+    from types import SimpleNamespace
+
+    from mmengine.logging import MessageHub
+
+    model = recognizer(R18, 512, flops_weight=0.2)
+    hook = AdaFuseHook(flops_warmup=0.5)
+    hub = MessageHub.get_instance("adafuse-hook-warmup-test")
+    weights = []
+    for iteration in (0, 25, 50, 99):
+        runner = SimpleNamespace(model=model, iter=iteration, max_iters=100, message_hub=hub)
+        hook.before_train_iter(runner, iteration)
+        weights.append(model.flops_loss.weight)
+    assert weights == pytest.approx([0.0, 0.1, 0.2, 0.2])
+    assert hub.get_scalar("train/flops_weight").current() == pytest.approx(0.2)
+    assert AdaFuseHook().flops_weight_factor(0, 100) == 1.0  # the paper: no warm-up
+    with pytest.raises(AdaFuseConfigError, match="flops_warmup must be in"):
+        AdaFuseHook(flops_warmup=1.5)

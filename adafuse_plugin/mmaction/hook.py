@@ -23,6 +23,10 @@ class AdaFuseHook(Hook):
 
     The paper keeps tau = 0.67 constant (the default). ``schedule='linear'`` or
     ``'exp'`` anneals from ``tau`` to ``tau_end`` over the whole run (by iteration).
+    ``flops_warmup`` ramps the FLOPs-loss weight linearly from 0 to the model's
+    ``flops_weight`` over that fraction of the run: from scratch (no pretrained
+    backbone), an early FLOPs penalty makes the policy skip before it has learnt what
+    to fuse.
     Logged scalars: ``train/tau`` and ``train/<block>/keep|reuse|skip`` (every
     ``interval`` iterations); the overall ratios and adaptive GFLOPs of a batch are
     in the loss dict of `AdaFuseRecognizer2D` (``keep_ratio``, ``gflops_adaptive``...).
@@ -32,6 +36,8 @@ class AdaFuseHook(Hook):
         tau_end: final temperature of a schedule.
         schedule: one of ``constant``, ``linear``, ``exp``.
         interval: log per-block statistics every this many iterations.
+        flops_warmup: fraction of the run over which the FLOPs-loss weight ramps up
+            (0 = full weight from the first iteration, the paper's setting).
     """
 
     priority = "NORMAL"
@@ -42,6 +48,7 @@ class AdaFuseHook(Hook):
         tau_end: float | None = None,
         schedule: str = "constant",
         interval: int = 1,
+        flops_warmup: float = 0.0,
     ) -> None:
         if schedule not in SCHEDULES:
             raise AdaFuseConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -52,7 +59,10 @@ class AdaFuseHook(Hook):
                 raise AdaFuseConfigError(f"{name} must be > 0, got {value!r}")
         if not isinstance(interval, int) or interval < 1:
             raise AdaFuseConfigError(f"interval must be a positive int, got {interval!r}")
+        if not 0.0 <= flops_warmup <= 1.0:
+            raise AdaFuseConfigError(f"flops_warmup must be in [0, 1], got {flops_warmup!r}")
         self.tau, self.tau_end, self.schedule, self.interval = tau, tau_end, schedule, interval
+        self.flops_warmup = flops_warmup
 
     def temperature(self, iteration: int, max_iters: int) -> float:
         """The temperature at ``iteration`` of ``max_iters``."""
@@ -63,9 +73,19 @@ class AdaFuseHook(Hook):
             return self.tau + (self.tau_end - self.tau) * progress
         return self.tau * math.exp(progress * math.log(self.tau_end / self.tau))
 
+    def flops_weight_factor(self, iteration: int, max_iters: int) -> float:
+        """Share of the configured FLOPs-loss weight in force at ``iteration``."""
+        if self.flops_warmup == 0.0:
+            return 1.0
+        return min(1.0, iteration / (self.flops_warmup * max_iters))
+
     @staticmethod
-    def _backbone(runner: Any) -> Any:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    def _model(runner: Any) -> Any:
+        return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+    @classmethod
+    def _backbone(cls, runner: Any) -> Any:
+        model = cls._model(runner)
         backbone = getattr(model, "backbone", model)
         if not is_patched(backbone):
             raise AdaFuseConfigError(
@@ -78,6 +98,11 @@ class AdaFuseHook(Hook):
         tau = self.temperature(runner.iter, runner.max_iters)
         set_temperature(self._backbone(runner), tau)
         runner.message_hub.update_scalar("train/tau", tau)
+        model = self._model(runner)
+        if self.flops_warmup and hasattr(model, "loss_settings"):
+            factor = self.flops_weight_factor(runner.iter, runner.max_iters)
+            model.flops_loss.weight = model.loss_settings["flops_weight"] * factor
+            runner.message_hub.update_scalar("train/flops_weight", model.flops_loss.weight)
 
     def after_train_iter(
         self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
