@@ -56,6 +56,16 @@ def randomize_norms(model: nn.Module) -> nn.Module:
     return model
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on 2-core machines a second thread only adds
+    oversubscription with small tensors and data pipelines (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)

@@ -18,14 +18,7 @@ from adafuse_plugin.errors import AdaFuseError
 FRAMES, CLASSES = 8, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds overhead (10x slower on a loaded
-    2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic(clips: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

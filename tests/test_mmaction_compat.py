@@ -33,13 +33,7 @@ def _no_unsafe_opt_in(monkeypatch):
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """2-core CI machines: 2 intra-op threads made these tests 4x slower (oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

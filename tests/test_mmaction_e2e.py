@@ -26,13 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "mmaction_configs/adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 cores: intra-op threads fight the data pipeline (environment.md)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

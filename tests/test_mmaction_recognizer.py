@@ -15,12 +15,7 @@ PREPROCESSOR = dict(type="ActionDataPreprocessor", mean=[123.675, 116.28, 103.53
                     std=[58.395, 57.12, 57.375], format_shape="NCHW")  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def recognizer(backbone: dict, in_channels: int, segments: int = 2, **adafuse) -> torch.nn.Module:

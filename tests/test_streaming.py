@@ -26,14 +26,7 @@ torchvision = pytest.importorskip("torchvision")
 SIZE = 32  # small frames keep the file fast (layer4 maps are 1x1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only adds overhead (10x slower on a loaded
-    2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize_policies(model: nn.Module, seed: int = 1) -> nn.Module:
