@@ -1,34 +1,7 @@
 # AdaFuse-TSM+Last ResNet-50: TSM everywhere, AdaFuse in the last stage only (hidden 1024).
+_base_ = ["adafuse-tsm_r50.py"]
 model = dict(
-    type="AdaFuseRecognizer2D",
-    backbone=dict(
-        type="ResNetTSM",
-        depth=50,
-        pretrained="torchvision://resnet50",
-        num_segments=8,
-        shift_div=8,
-        norm_eval=False,
-    ),
-    cls_head=dict(
-        type="TSMHead",
-        num_classes=174,
-        in_channels=2048,
-        num_segments=8,
-        is_shift=True,
-        spatial_type="avg",
-        consensus=dict(type="AvgConsensus", dim=1),
-        dropout_ratio=0.5,
-        init_std=0.001,
-        average_clips="prob",
-    ),
-    adafuse=dict(num_segments=8, tau=0.67, stages=(-1,), hidden_size=1024, share_policy=False),
-    data_preprocessor=dict(
-        type="ActionDataPreprocessor",
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        format_shape="NCHW",
-    ),
+    adafuse=dict(
+        _delete_=True, num_segments=8, tau=0.67, stages=(-1,), hidden_size=1024, share_policy=False
+    )
 )
-val_evaluator = dict(type="AdaFuseMetric")
-test_evaluator = val_evaluator
-custom_hooks = [dict(type="AdaFuseHook", tau=0.67)]
