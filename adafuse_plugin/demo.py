@@ -32,6 +32,7 @@ class Variant:
     name: str
     backbone: str  # "tsn" (mmaction2 ResNet + TSNHead) or "tsm" (ResNetTSM + TSMHead)
     policy: str  # AdaFuseConfig.policy: "keep" is the plain baseline
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # more AdaFuseConfig fields
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -46,13 +47,18 @@ class DemoSettings:
     """Budget of one demo run."""
 
     size: str | int = "small"
-    epochs: int = 8
+    epochs: int = 20
     num_frames: int = 8
-    frame_size: int = 64
-    batch_size: int = 8
+    frame_size: int = 32
+    batch_size: int = 16
     optimizer: str = "adamw"  # or "sgd" (the paper's; slow to start from scratch)
-    lr: float = 1e-3
-    flops_weight: float = 0.1
+    lr: float = 2e-3  # peak of the one-cycle schedule
+    weight_decay: float = 1e-4
+    warmup: float = 0.15  # share of the run spent warming the lr up
+    dropout: float = 0.0  # before the classifier
+    hidden_size: int = 64  # policy network width
+    flops_weight: float = 0.05  # lambda, on FLOPs normalised by the dense FLOPs
+    flops_warmup: float = 0.5  # share of the run over which lambda ramps up from 0
     num_workers: int = 1
     threads: int = 1
     log_interval: int = 10
@@ -88,8 +94,10 @@ def build_config(
     model = cfg.model
     adafuse = dict(model.adafuse)
     weight = settings.flops_weight if variant.policy != "keep" else 0.0
-    adafuse.update(num_segments=frames, input_size=size, policy=variant.policy, flops_weight=weight)
+    adafuse.update(num_segments=frames, input_size=size, policy=variant.policy, flops_weight=weight,
+                   hidden_size=settings.hidden_size, **variant.options)  # fmt: skip
     model.adafuse = adafuse
+    model.cls_head.dropout_ratio = settings.dropout
     if variant.backbone == "tsn":
         model.backbone = dict(type="ResNet", depth=18, pretrained=None, norm_eval=False)
         head = {k: v for k, v in model.cls_head.items() if k not in ("num_segments", "is_shift")}
@@ -100,6 +108,8 @@ def build_config(
         model.cls_head.num_classes = num_classes
     if variant.policy == "keep":
         cfg.custom_hooks = []  # no temperature to anneal, no decisions worth logging
+    else:
+        cfg.custom_hooks = [dict(type="AdaFuseHook", tau=0.67, flops_warmup=settings.flops_warmup)]
 
     for split in ("train", "test"):
         loader = cfg[f"{split}_dataloader"]
@@ -114,24 +124,32 @@ def build_config(
 
     epochs = settings.epochs
     cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs)
+    optimizer = dict(lr=settings.lr, weight_decay=settings.weight_decay)
     if settings.optimizer == "adamw":
-        cfg.optim_wrapper.optimizer = dict(type="AdamW", lr=settings.lr, weight_decay=0.05)
+        cfg.optim_wrapper.optimizer = dict(optimizer, type="AdamW")
     else:
-        sgd = dict(type="SGD", lr=settings.lr, momentum=0.9, weight_decay=5e-4)
-        cfg.optim_wrapper.optimizer = sgd
+        cfg.optim_wrapper.optimizer = dict(optimizer, type="SGD", momentum=0.9)
     cfg.auto_scale_lr = dict(enable=False, base_batch_size=settings.batch_size)
     cfg.optim_wrapper.paramwise_cfg = dict(fc_lr5=False)  # from scratch: no 5x lr on the fc
-    warmup = dict(type="LinearLR", start_factor=0.1, by_epoch=True, begin=0, end=1,
-                  convert_to_iter_based=True)  # fmt: skip
-    cfg.param_scheduler = [warmup]
-    if epochs > 1:
-        cosine = dict(type="CosineAnnealingLR", T_max=epochs - 1, eta_min=settings.lr * 0.01,
-                      by_epoch=True, begin=1, end=epochs, convert_to_iter_based=True)  # fmt: skip
-        cfg.param_scheduler.append(cosine)
+    # One cycle: a warm-up of a few epochs matters from scratch; with a one-epoch warm-up
+    # and cosine decay, AdamW at 2e-3 memorised the 280 training clips (test top-1 < 15 %).
+    cfg.param_scheduler = [
+        dict(
+            type="OneCycleLR",
+            eta_max=settings.lr,
+            total_steps=epochs,
+            pct_start=settings.warmup,
+            by_epoch=True,
+            convert_to_iter_based=True,
+        )  # fmt: skip
+    ]
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=settings.log_interval)
+    # Weights only: the one-cycle scheduler's state pickles a bound method, which the safe
+    # (weights-only) checkpoint loader rightly refuses.
     cfg.default_hooks.checkpoint = dict(
-        type="CheckpointHook", interval=epochs, save_best=None, max_keep_ckpts=1
-    )
+        type="CheckpointHook", interval=epochs, save_best=None, max_keep_ckpts=1,
+        save_optimizer=False, save_param_scheduler=False,
+    )  # fmt: skip
     cfg.randomness = dict(seed=settings.seed)
     cfg.work_dir = str(work_dir)
     cfg.experiment_name = variant.name  # mmengine appends a timestamp

@@ -8,12 +8,14 @@ Each function takes the demo's result dicts (``report.json``'s ``results``): ``m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 ACTIONS = ("keep", "reuse", "skip")
 COLORS = {"keep": "#4C72B0", "reuse": "#55A868", "skip": "#C44E52"}
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on an Agg canvas (no display, no pyplot global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -25,7 +27,7 @@ def _figure(width: float, height: float):
 def plot_accuracy_vs_flops(results: list[dict], path: str | Path) -> Path:
     """Top-1 vs adaptive GFLOPs per clip; marker area proportional to parameters. A dashed
     arrow goes from each model's dense GFLOPs to its adaptive GFLOPs."""
-    figure = _figure(6.4, 4.6)
+    figure = new_figure(6.4, 4.6)
     ax = figure.add_subplot()
     largest = max(r["params"] for r in results)
     for index, r in enumerate(results):
@@ -63,7 +65,7 @@ def _stacked_bars(ax, labels: list[str], shares: list[dict], rotate: bool = Fals
 
 def plot_policy_mix(results: list[dict], path: str | Path) -> Path:
     """Dataset-level keep / reuse / skip shares, one stacked bar per model."""
-    figure = _figure(7.0, 4.4)
+    figure = new_figure(7.0, 4.4)
     ax = figure.add_subplot()
     _stacked_bars(ax, [r["model"] for r in results], [r["mix"] for r in results])
     for index, r in enumerate(results):
@@ -81,7 +83,7 @@ def plot_block_policies(results: list[dict], path: str | Path) -> Path:
     """Per-block keep / reuse / skip shares of the adaptive models, one panel per model."""
     adaptive = [r for r in results if r.get("policy") != "keep" and r.get("blocks")]
     adaptive = adaptive or results[:1]
-    figure = _figure(7.8, 3.4 * len(adaptive))
+    figure = new_figure(7.8, 3.4 * len(adaptive))
     for index, r in enumerate(adaptive):
         ax = figure.add_subplot(len(adaptive), 1, index + 1)
         names = list(r["blocks"])

@@ -113,10 +113,14 @@ def _activation(module: nn.Module | None) -> _Act:
     return _Act("", (), module)  # not fusable: applied after the conv
 
 
+# Conv2d subclasses whose forward equals nn.Conv2d's on non-empty inputs.
+_PLAIN_CONV_SUBCLASSES = frozenset({"mmcv.cnn.bricks.wrappers.Conv2d"})
+
+
 def _plain_conv(conv: nn.Module) -> bool:
-    """An nn.Conv2d (not a subclass with its own forward) with static zero padding."""
+    """An nn.Conv2d (or a subclass known to compute the same) with static zero padding."""
     return (
-        type(conv) is nn.Conv2d
+        (type(conv) is nn.Conv2d or qualified_name(type(conv)) in _PLAIN_CONV_SUBCLASSES)
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
     )
@@ -590,12 +594,54 @@ def _plan_timm_inverted_residual(block: nn.Module) -> _Plan:
     )  # fmt: skip
 
 
+def _conv_module(
+    block: nn.Module, name: str
+) -> tuple[nn.Conv2d, nn.Module | None, nn.Module | None]:
+    """(conv, norm, activation) of an mmcv ``ConvModule`` in the default conv-norm-act order."""
+    module = getattr(block, name)
+    conv = module.conv
+    if not isinstance(conv, nn.Conv2d):  # ResNetTSM wraps conv1.conv in a TemporalShift
+        raise AdaFuseStreamingError(
+            f"{type(block).__name__}.{name}.conv is a {type(conv).__name__}, not a Conv2d: "
+            "a temporal shift (TSM) reads the next frame, so it cannot run causally; "
+            "stream TSN-style backbones (mmaction2 ResNet) instead"
+        )
+    if tuple(module.order) != ("conv", "norm", "act"):
+        raise AdaFuseStreamingError(
+            f"{type(block).__name__}.{name} has order {module.order}; streaming folds only "
+            "conv-norm-act ConvModules"
+        )
+    norm = module.norm if module.with_norm else None
+    if norm is not None and type(norm) is not nn.BatchNorm2d:
+        raise AdaFuseStreamingError(
+            f"{type(block).__name__}.{name} normalises with {type(norm).__name__}; streaming "
+            "folds only plain BatchNorm2d"
+        )
+    return conv, norm, module.activate if module.with_activation else None
+
+
+def _plan_mmaction_basic(block: nn.Module) -> _Plan:
+    first, second = _conv_module(block, "conv1"), _conv_module(block, "conv2")
+    return _Plan(*first, *second, downsample=block.downsample, out_act=block.relu)
+
+
+def _plan_mmaction_bottleneck(block: nn.Module) -> _Plan:
+    first, second = _conv_module(block, "conv1"), _conv_module(block, "conv2")
+    third, third_norm, third_act = _conv_module(block, "conv3")
+    return _Plan(
+        *first, *second, third=third, third_norm=third_norm, third_act=third_act,
+        downsample=block.downsample, out_act=block.relu,
+    )  # fmt: skip
+
+
 _PLANS: dict[str, Callable[[nn.Module], _Plan]] = {
     "timm.models.resnet.BasicBlock": _plan_timm_basic,
     "timm.models.resnet.Bottleneck": _plan_timm_bottleneck,
     "torchvision.models.resnet.BasicBlock": _plan_torchvision_basic,
     "torchvision.models.resnet.Bottleneck": _plan_torchvision_bottleneck,
     "timm.models._efficientnet_blocks.InvertedResidual": _plan_timm_inverted_residual,
+    "mmaction.models.backbones.resnet.BasicBlock": _plan_mmaction_basic,
+    "mmaction.models.backbones.resnet.Bottleneck": _plan_mmaction_bottleneck,
 }
 
 
@@ -612,14 +658,25 @@ def _plan_for(block: nn.Module) -> Callable[[nn.Module], _Plan] | None:
     return None
 
 
+def _is_conv_norm_module(module: nn.Module) -> bool:
+    """An mmcv ``ConvModule`` that is exactly conv then norm."""
+    return (
+        tuple(getattr(module, "order", ())) == ("conv", "norm", "act")
+        and getattr(module, "with_norm", False)
+        and not getattr(module, "with_activation", True)
+    )
+
+
 def _shortcut(downsample: nn.Module | None, backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The shortcut path; a trailing (Conv2d, BatchNorm2d) pair is folded and prepacked."""
     if downsample is None or isinstance(downsample, nn.Identity):
         return lambda x: x
     layers = list(downsample) if isinstance(downsample, nn.Sequential) else [downsample]
+    if _is_conv_norm_module(downsample):  # mmcv ConvModule without activation (mmaction2)
+        layers = [downsample.conv, downsample.norm]
     if (
         len(layers) >= 2
-        and type(layers[-2]) is nn.Conv2d
+        and _plain_conv(layers[-2])
         and type(layers[-1]) is nn.BatchNorm2d
         and all(isinstance(m, (nn.AvgPool2d, nn.Identity)) for m in layers[:-2])
     ):

@@ -48,3 +48,26 @@ def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert png.stat().st_size > 10_000, name  # a drawn figure, not an empty canvas
     assert report["plots"] == ["accuracy_vs_gflops.png", "policy_mix.png", "block_policies.png"]
+
+    # The trained AdaFuse-TSN checkpoint loads safely (weights only) and streams causally:
+    # per-frame logits averaged over the clip equal the recognizer's clip scores.
+    import torch
+    from mmengine.runner import Runner
+
+    from adafuse_plugin.mmaction.streaming import load_work_dir, streaming_runner
+
+    recognizer, cfg = load_work_dir(tmp_path / "work_dirs" / "AdaFuse-TSN-R18")
+    batch = next(iter(Runner.build_dataloader(dict(cfg.test_dataloader, num_workers=0,
+                                                   persistent_workers=False))))  # fmt: skip
+    with torch.no_grad():
+        data = recognizer.data_preprocessor(batch, False)
+        scores = recognizer(**data, mode="predict")[0].pred_scores.item
+        runner = streaming_runner(recognizer, dense_fallback_below=None)
+        prediction = runner.run(data["inputs"][0]).mean(0)
+    torch.testing.assert_close(prediction.softmax(0), scores, atol=1e-5, rtol=1e-4)
+
+    from adafuse_plugin.errors import AdaFuseConfigError
+
+    tsm, _ = load_work_dir(tmp_path / "work_dirs" / "AdaFuse-TSM-R18")
+    with pytest.raises(AdaFuseConfigError, match="only TSNHead"):
+        streaming_runner(tsm)

@@ -272,3 +272,49 @@ def test_original_model_is_left_untouched():
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert np.isfinite(runner.executed_flops.saving)
+
+
+class MMActionClassifier(nn.Module):
+    """An mmaction2 ResNet (TSN-style, per frame) + average pooling + a linear classifier."""
+
+    def __init__(self, backbone: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.backbone, self.fc = backbone, nn.Linear(channels, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.backbone(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("depth", "channels"), [(18, 512), (50, 2048)])
+def test_mmaction2_resnet_blocks_stream_exactly(depth, channels):
+    pytest.importorskip("mmaction")
+    from adafuse_plugin.mmaction.compat import apply_compat_fixes
+
+    apply_compat_fixes()
+    from mmaction.models.backbones import ResNet
+
+    frames = 3
+    torch.manual_seed(0)
+    backbone = ResNet(depth=depth, pretrained=None)
+    backbone.init_weights()
+    model = MMActionClassifier(randomize_norms(backbone), channels)
+    af.patch_model(model, num_segments=frames, granularity=8)
+    model = randomize_policies(model).eval()
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback_below=None)
+    decisions = assert_matches(model, runner, torch.randn(frames, 3, SIZE, SIZE))
+    assert all(count > 0 for count in mix(decisions)), mix(decisions)
+
+
+def test_mmaction2_temporal_shift_is_rejected():
+    pytest.importorskip("mmaction")
+    from adafuse_plugin.mmaction.compat import apply_compat_fixes
+
+    apply_compat_fixes()
+    from mmaction.models.backbones import ResNetTSM
+
+    backbone = ResNetTSM(depth=18, num_segments=2, pretrained=None, pretrained2d=False)
+    backbone.init_weights()
+    model = MMActionClassifier(backbone, 512)
+    af.patch_model(model, num_segments=2)
+    with pytest.raises(AdaFuseStreamingError, match="TemporalShift.*cannot run causally"):
+        StreamingRunner(model.eval())
