@@ -155,12 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="adafuse_demo_output",
                       help="report, plots, work dirs and the cached dataset go here")  # fmt: skip
     demo.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs per model")
+    demo.add_argument("--epochs", type=int, default=None, help="epochs per model (default 20)")
     demo.add_argument("--size", default=None,
                       help="dataset size: tiny/small/medium/large or clips per class")  # fmt: skip
     demo.add_argument("--frames", type=int, default=None, help="frames per clip (default 8)")
-    demo.add_argument("--frame-size", type=int, default=None, help="pixels (default 64)")
-    demo.add_argument("--batch-size", type=int, default=None, help="clips per batch (default 8)")
+    demo.add_argument("--frame-size", type=int, default=None, help="pixels (default 32)")
+    demo.add_argument("--batch-size", type=int, default=None, help="clips per batch (default 16)")
     demo.add_argument("--workers", type=int, default=None, help="dataloader workers (default 1)")
     demo.add_argument("--quiet", action="store_true",
                       help="hide mmengine's log lines (progress bar and table only)")  # fmt: skip

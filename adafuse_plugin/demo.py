@@ -141,7 +141,7 @@ def build_config(
             pct_start=settings.warmup,
             by_epoch=True,
             convert_to_iter_based=True,
-        )  # fmt: skip
+        )
     ]
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=settings.log_interval)
     # Weights only: the one-cycle scheduler's state pickles a bound method, which the safe
