@@ -3,77 +3,15 @@
 #   rawframes/...                      one folder of {:05}.jpg frames per video
 #   jester_train_list_rawframes.txt  <folder> <num_frames> <label> per line
 #   jester_val_list_rawframes.txt
-# No flip: left/right flips change the label of this dataset.
-dataset_type = "RawframeDataset"
+# Same frames format and pipelines as Something V1 (no flip: a flip changes the label).
+_base_ = ["sthv1.py"]
+
 data_root = "data/jester"
 ann_file_train = data_root + "/jester_train_list_rawframes.txt"
 ann_file_val = data_root + "/jester_val_list_rawframes.txt"
 ann_file_test = ann_file_val
+frames = dict(img=data_root + "/rawframes")
 
-train_pipeline = [
-    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8),
-    dict(type="RawFrameDecode"),
-    dict(type="Resize", scale=(-1, 256)),
-    dict(
-        type="MultiScaleCrop",
-        input_size=224,
-        scales=(1, 0.875, 0.75, 0.66),
-        random_crop=False,
-        max_wh_scale_gap=1,
-        num_fixed_crops=13,
-    ),
-    dict(type="Resize", scale=(224, 224), keep_ratio=False),
-    dict(type="FormatShape", input_format="NCHW"),
-    dict(type="PackActionInputs"),
-]
-val_pipeline = [
-    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8, test_mode=True),
-    dict(type="RawFrameDecode"),
-    dict(type="Resize", scale=(-1, 256)),
-    dict(type="CenterCrop", crop_size=224),
-    dict(type="FormatShape", input_format="NCHW"),
-    dict(type="PackActionInputs"),
-]
-test_pipeline = val_pipeline
-
-train_dataloader = dict(
-    batch_size=8,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        ann_file=ann_file_train,
-        data_prefix=dict(img=data_root + "/rawframes"),
-        filename_tmpl="{:05}.jpg",
-        pipeline=train_pipeline,
-    ),
-)
-val_dataloader = dict(
-    batch_size=8,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        ann_file=ann_file_val,
-        data_prefix=dict(img=data_root + "/rawframes"),
-        filename_tmpl="{:05}.jpg",
-        pipeline=val_pipeline,
-        test_mode=True,
-    ),
-)
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        ann_file=ann_file_test,
-        data_prefix=dict(img=data_root + "/rawframes"),
-        filename_tmpl="{:05}.jpg",
-        pipeline=test_pipeline,
-        test_mode=True,
-    ),
-)
+train_dataloader = dict(dataset=dict(ann_file=ann_file_train, data_prefix=frames))
+val_dataloader = dict(dataset=dict(ann_file=ann_file_val, data_prefix=frames))
+test_dataloader = dict(dataset=dict(ann_file=ann_file_test, data_prefix=frames))

@@ -3,16 +3,19 @@
 #   videos/...                      the video files
 #   mini-kinetics_train_list_videos.txt  <video path> <label> per line
 #   mini-kinetics_val_list_videos.txt
-# Random flip only here: on Something/Jester a flip changes the label.
-dataset_type = "VideoDataset"
+# Video files like Something V2; random flip only here (on Something/Jester a flip changes
+# the label).
+_base_ = ["sthv2.py"]
+
 data_root = "data/mini-kinetics"
 ann_file_train = data_root + "/mini-kinetics_train_list_videos.txt"
 ann_file_val = data_root + "/mini-kinetics_val_list_videos.txt"
 ann_file_test = ann_file_val
+videos = dict(video=data_root + "/videos")
 
 train_pipeline = [
-    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8),
     dict(type="DecordInit"),
+    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8),
     dict(type="DecordDecode"),
     dict(type="Resize", scale=(-1, 256)),
     dict(
@@ -28,52 +31,9 @@ train_pipeline = [
     dict(type="FormatShape", input_format="NCHW"),
     dict(type="PackActionInputs"),
 ]
-val_pipeline = [
-    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8, test_mode=True),
-    dict(type="DecordInit"),
-    dict(type="DecordDecode"),
-    dict(type="Resize", scale=(-1, 256)),
-    dict(type="CenterCrop", crop_size=224),
-    dict(type="FormatShape", input_format="NCHW"),
-    dict(type="PackActionInputs"),
-]
-test_pipeline = val_pipeline
 
 train_dataloader = dict(
-    batch_size=8,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        ann_file=ann_file_train,
-        data_prefix=dict(video=data_root + "/videos"),
-        pipeline=train_pipeline,
-    ),
+    dataset=dict(ann_file=ann_file_train, data_prefix=videos, pipeline=train_pipeline)
 )
-val_dataloader = dict(
-    batch_size=8,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        ann_file=ann_file_val,
-        data_prefix=dict(video=data_root + "/videos"),
-        pipeline=val_pipeline,
-        test_mode=True,
-    ),
-)
-test_dataloader = dict(
-    batch_size=1,
-    num_workers=8,
-    persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        ann_file=ann_file_test,
-        data_prefix=dict(video=data_root + "/videos"),
-        pipeline=test_pipeline,
-        test_mode=True,
-    ),
-)
+val_dataloader = dict(dataset=dict(ann_file=ann_file_val, data_prefix=videos))
+test_dataloader = dict(dataset=dict(ann_file=ann_file_test, data_prefix=videos))

@@ -11,8 +11,8 @@ ann_file_val = data_root + "/sthv2_val_list_videos.txt"
 ann_file_test = ann_file_val
 
 train_pipeline = [
-    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8),
     dict(type="DecordInit"),
+    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8),
     dict(type="DecordDecode"),
     dict(type="Resize", scale=(-1, 256)),
     dict(
@@ -28,8 +28,8 @@ train_pipeline = [
     dict(type="PackActionInputs"),
 ]
 val_pipeline = [
-    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8, test_mode=True),
     dict(type="DecordInit"),
+    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8, test_mode=True),
     dict(type="DecordDecode"),
     dict(type="Resize", scale=(-1, 256)),
     dict(type="CenterCrop", crop_size=224),
