@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -285,6 +286,13 @@ class _SelectionCache:
         return conv
 
 
+#: Ways to run a channel selection: its cached packed weight, one call per group, its
+#: gathered weight packed now, the dense conv.
+_PACKED, _PER_GROUP, _PACK_NOW, _DENSE = "packed", "per-group", "pack-now", "dense"
+#: ``dense_fallback`` values: choose by online timings / exactly Eq. 5 / always dense.
+DENSE_FALLBACKS = ("timed", "never", "always")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Tuning:
     """How a channel selection is executed (see `StreamingRunner`'s arguments)."""
@@ -292,16 +300,66 @@ class _Tuning:
     max_group_calls: int
     min_group_channels: int
     cache_size: int
-    dense_fallback_below: int | None
+    dense_fallback: str
+
+
+class _ModeTimer:
+    """Online cost model of one conv: which way of running a selection that is not cached
+    is fastest on this machine, right now.
+
+    A dense run costs the same whatever is selected; the sparse modes cost about their
+    number of selected groups times a per-group rate. Keeps the last few measured
+    seconds (per group, for sparse modes) per mode; an estimate is their minimum (other
+    processes only ever add time, so a stalled run must not bar a mode). Each mode runs
+    ``trials`` times before estimates are compared, its first run dropped (a first call
+    of a new shape also creates oneDNN primitives); then every ``explore_every``
+    choices another mode runs instead (in turn, among those estimated at most
+    ``explore_within`` times the best: re-timing a hopeless mode costs more than it can
+    tell), so the estimates follow the machine.
+    """
+
+    def __init__(
+        self,
+        explore_every: int = 64,
+        samples: int = 5,
+        trials: int = 3,
+        explore_within: float = 2.0,
+    ) -> None:
+        self._explore_every, self._samples, self._trials = explore_every, samples, trials
+        self._explore_within = explore_within
+        self._times: dict[str, collections.deque[float]] = {}
+        self._choices = 0
+
+    def choose(self, modes: Sequence[str], selected: int) -> str:
+        """The mode to run ``selected`` groups with: an untried one first, else the one
+        with the lowest estimate (the runner-up now and then)."""
+        estimates = []
+        for mode in modes:
+            times = self._times.get(mode)
+            if times is None or len(times) < self._trials - 1:
+                return mode
+            estimates.append((min(times) * (1 if mode == _DENSE else selected), mode))
+        estimates.sort()
+        self._choices += 1
+        explorations, rest = divmod(self._choices, self._explore_every)
+        best = estimates[0][0]
+        others = [mode for cost, mode in estimates[1:] if cost <= self._explore_within * best]
+        if rest or not others:
+            return estimates[0][1]
+        return others[(explorations - 1) % len(others)]
+
+    def record(self, mode: str, selected: int, seconds: float) -> None:
+        times = self._times.get(mode)
+        if times is None:  # the first run also paid for primitive creation: dropped
+            self._times[mode] = collections.deque(maxlen=self._samples)
+        else:
+            times.append(seconds if mode == _DENSE else seconds / selected)
 
 
 def _channel_index(groups: np.ndarray, size: int) -> torch.Tensor:
     """Channel indices of channel groups (``size`` channels each), in the groups' order."""
     index = (groups[:, None] * size + np.arange(size)[None, :]).reshape(-1)
     return torch.from_numpy(index)
-
-
-_PACKED, _PER_GROUP, _DENSE = "packed", "per-group", "dense"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,11 +390,14 @@ class _GroupedConv:
     """A conv whose output (first conv) or input (second conv) channels are selected per
     group of ``size`` channels.
 
-    A selection runs, in order of preference: with its cached packed weight; one call
-    per group (weights packed per group once); densely, discarding the unused channels,
-    when its map is smaller than ``dense_fallback_below`` pixels (packing would cost more
-    than it saves); with its gathered weight packed now. Both ``*_for`` methods return
-    the number of channels actually executed with the result.
+    A selection runs with its cached packed weight when it has one, and is packed (and
+    cached) when it recurs within a few calls. Any other selection runs one of three
+    ways, picked by ``dense_fallback``: one call per group (weights packed per group
+    once; coarse granularity only), its gathered weight packed now, or the dense conv
+    with the unused channels discarded. ``"timed"`` picks the fastest by online timings
+    (`_ModeTimer`), ``"never"`` never runs dense (exactly Eq. 5's channels), ``"always"``
+    runs every partial selection densely. Both ``*_for`` methods return the number of
+    channels actually executed with the result.
     """
 
     def __init__(self, conv: _Conv, size: int, outputs: bool, tuning: _Tuning) -> None:
@@ -348,52 +409,76 @@ class _GroupedConv:
             size >= tuning.min_group_channels and self.groups > 1 and tuning.max_group_calls > 1
         )
         self._group_convs: list[_Conv] | None = None
+        self._group_shapes: set[tuple[int, ...]] = set()
+        timed = tuning.dense_fallback == "timed" and conv.weight.device.type == "cpu"
+        self._timer = _ModeTimer() if timed else None
+        self.mode_counts: collections.Counter[str] = collections.Counter()
 
-    @property
-    def _per_group(self) -> list[_Conv]:
-        """One conv per channel group, built on first use."""
+    def _per_group(self, x: torch.Tensor) -> list[_Conv]:
+        """One conv per channel group, built on first use, all packed for inputs shaped
+        like ``x`` at once (so later timed runs do not pay for packing new groups)."""
         if self._group_convs is None:
             select = self.conv.select_outputs if self.outputs else self.conv.select_inputs
             self._group_convs = [
                 select(torch.arange(j * self.size, (j + 1) * self.size)) for j in range(self.groups)
             ]
+        if self.conv.backend == "mkldnn" and tuple(x.shape) not in self._group_shapes:
+            self._group_shapes.add(tuple(x.shape))
+            for conv in self._group_convs:
+                conv._weight_for(x)
         return self._group_convs
 
     def _full(self, order: np.ndarray) -> bool:
         return len(order) == self.groups and bool((order == np.arange(self.groups)).all())
 
-    def _plan(self, order: np.ndarray, pixels: int) -> tuple[str, _Conv | None]:
+    def _plan(self, order: np.ndarray) -> tuple[str, _Conv | None]:
         """How to run this selection: (mode, the conv for ``_PACKED``)."""
         if self._full(order):
             return _PACKED, self.conv
+        fallback = self.tuning.dense_fallback
+        if fallback == "always":
+            return _DENSE, None
         key = order.tobytes()
         conv = self._cache.get(key)
         if conv is not None:
             return _PACKED, conv
         if not self._cache.recurs(key):
-            if self._per_group_allowed and len(order) <= self.tuning.max_group_calls:
+            per_group = self._per_group_allowed and len(order) <= self.tuning.max_group_calls
+            if self._timer is not None:
+                modes = (_PER_GROUP, _PACK_NOW, _DENSE) if per_group else (_PACK_NOW, _DENSE)
+                mode = self._timer.choose(modes, len(order))
+                if mode != _PACK_NOW:
+                    return mode, None
+            elif per_group:
                 return _PER_GROUP, None
-            below = self.tuning.dense_fallback_below
-            if below is not None and pixels < below:
-                return _DENSE, None
         index = _channel_index(order, self.size)
         conv = self.conv.select_outputs(index) if self.outputs else self.conv.select_inputs(index)
-        return _PACKED, self._cache.put(key, conv)
+        return _PACK_NOW, self._cache.put(key, conv)
+
+    def _timed(self, mode: str, selected: int, start: float) -> None:
+        """Count a run, and time it if the timer chooses between such runs (a packed
+        selection from the cache is never slower than packing it again)."""
+        self.mode_counts[mode] += 1
+        if self._timer is not None and mode != _PACKED:
+            self._timer.record(mode, selected, time.perf_counter() - start)
 
     def outputs_for(
         self, x: torch.Tensor, order: np.ndarray, act: _Act
     ) -> tuple[torch.Tensor, np.ndarray, int]:
         """act(conv(x)) for (at least) the sorted output groups ``order``: the output,
-        the groups it holds in order (all of them after a dense fallback), and the
-        number of channels executed."""
-        shape = self.conv.output_shape(x.shape)
-        mode, conv = self._plan(order, shape[2] * shape[3])
-        if mode == _PACKED:
-            return conv(x, act), order, len(order) * self.size
-        if mode == _PER_GROUP:
-            y = torch.cat([self._per_group[j](x, act) for j in order], dim=1)
-            return y, order, len(order) * self.size
-        return self.conv(x, act), np.arange(self.groups), self.channels
+        the groups it holds in order (all of them after a dense run), and the number of
+        channels executed."""
+        start = time.perf_counter()
+        mode, conv = self._plan(order)
+        if mode in (_PACKED, _PACK_NOW):
+            y, held = conv(x, act), order
+        elif mode == _PER_GROUP:
+            convs = self._per_group(x)
+            y, held = torch.cat([convs[j](x, act) for j in order], dim=1), order
+        else:
+            y, held = self.conv(x, act), np.arange(self.groups)
+        self._timed(mode, len(order), start)
+        return y, held, len(held) * self.size
 
     def _mask(self, groups: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         """(1, C, 1, 1): 1 on the channels of ``groups``, 0 elsewhere."""
@@ -432,22 +517,34 @@ class _GroupedConv:
             # an in-place activation would then overwrite.
             y = y + add if add is not None else y.clone(memory_format=_CHANNELS_LAST)
             return act(y), 0
-        mode, conv = self._plan(order, out_shape[2] * out_shape[3])
+        start = time.perf_counter()
+        mode, conv = self._plan(order)
         if mode == _DENSE:
-            return self.conv(self._dense_input(parts), act, add), self.channels
-        if mode == _PACKED:
+            out, executed = self.conv(self._dense_input(parts), act, add), self.channels
+        elif mode == _PER_GROUP:
+            out, executed = self._per_group_inputs(parts, act, add), len(order) * self.size
+        else:
             taken = [p.take(self.size) for p in parts]
             x = taken[0] if len(taken) == 1 else torch.cat(taken, dim=1)
-            return conv(x, act, add), len(order) * self.size
-        calls = [(self._per_group[j], x) for p in parts for j, x in p.groups(self.size)]
+            out, executed = conv(x, act, add), len(order) * self.size
+        self._timed(mode, len(order), start)
+        return out, executed
+
+    def _per_group_inputs(
+        self, parts: list[_Part], act: _Act, add: torch.Tensor | None
+    ) -> torch.Tensor:
+        """act(sum over groups of conv_j(x_j) + add), accumulated in place."""
+        calls = [(j, x) for p in parts for j, x in p.groups(self.size)]
+        convs = self._per_group(calls[0][1])
+        calls = [(convs[j], x) for j, x in calls]
         group_conv, x = calls[0]
         if len(calls) == 1:
-            return group_conv(x, act, add), len(order) * self.size
+            return group_conv(x, act, add)
         out = group_conv(x, _IDENTITY, add)
         fuse_relu = act.attr == "relu"
         for index, (group_conv, x) in enumerate(calls[1:], start=2):
             group_conv.accumulate_(out, x, relu=fuse_relu and index == len(calls))
-        return (out if fuse_relu else act(out)), len(order) * self.size
+        return out if fuse_relu else act(out)
 
 
 class _DepthwiseGroupedConv:
@@ -459,6 +556,7 @@ class _DepthwiseGroupedConv:
         self.groups = conv.out_channels // size
         self._cache = _SelectionCache(tuning.cache_size)
         self._constant = act(conv.bias.clone()).view(1, -1, 1, 1)
+        self.mode_counts: collections.Counter[str] = collections.Counter()
 
     def inputs_for(
         self, parts: list[_Part], out_shape: tuple[int, ...]
@@ -469,12 +567,16 @@ class _DepthwiseGroupedConv:
         executed = len(order) * self.size
         taken = [p.take(self.size) for p in parts]
         if len(order) == self.groups and bool((order == np.arange(self.groups)).all()):
+            self.mode_counts[_PACKED] += 1
             return self.conv(taken[0], self.act), executed
         out = self._constant.expand(out_shape).clone(memory_format=_CHANNELS_LAST)
         if len(order):
             key = order.tobytes()
             index = _channel_index(order, self.size)
-            conv = self._cache.get(key) or self._cache.put(key, self.conv.select_outputs(index))
+            conv = self._cache.get(key)
+            self.mode_counts[_PACK_NOW if conv is None else _PACKED] += 1
+            if conv is None:
+                conv = self._cache.put(key, self.conv.select_outputs(index))
             x = taken[0] if len(taken) == 1 else torch.cat(taken, dim=1)
             out.index_copy_(1, index, conv(x, self.act))
         return out, executed
@@ -898,16 +1000,40 @@ _STEM_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+def _folded_conv_module(module: nn.Module, backend: str) -> _PackedConv2d | None:
+    """An mmcv ``ConvModule`` (conv-norm-act order, plain conv, BatchNorm2d or no norm,
+    parameter-free activation) as one folded, prepacked conv; None for anything else."""
+    if tuple(getattr(module, "order", ())) != ("conv", "norm", "act"):
+        return None
+    if getattr(module, "with_explicit_padding", False):
+        return None
+    norm = module.norm if module.with_norm else None
+    act = module.activate if module.with_activation else None
+    if not _plain_conv(module.conv) or (norm is not None and type(norm) is not nn.BatchNorm2d):
+        return None
+    if act is not None and any(True for _ in act.parameters()):
+        return None
+    return _PackedConv2d(_Conv.fold(module.conv, norm, backend), _activation(act))
+
+
 def _pack_dense_parts(model: nn.Module, backend: str) -> None:
     """Fold and prepack the convs outside the converted blocks, in place.
 
     A BatchNorm is folded only where order is certain: right after its conv inside an
-    nn.Sequential, or in the known stem / head pairs of `_STEM_PAIRS`. Every other plain
-    nn.Conv2d is only prepacked.
+    nn.Sequential, in the known stem / head pairs of `_STEM_PAIRS`, or inside an mmcv
+    ``ConvModule`` (mmaction2's stems). Every other plain nn.Conv2d is only prepacked.
     """
     replacements: list[tuple[nn.Module, str, nn.Module]] = []
     folded: set[int] = set()
     for parent in model.modules():
+        for name, child in parent.named_children():
+            packed = _folded_conv_module(child, backend)
+            if packed is not None:
+                replacements.append((parent, name, packed))
+                folded.update(id(m) for m in child.modules())
+    for parent in model.modules():
+        if id(parent) in folded:
+            continue
         pairs = list(_STEM_PAIRS.get(qualified_name(type(parent)), ()))
         if isinstance(parent, nn.Sequential):
             names = [name for name, _ in parent.named_children()]
@@ -962,7 +1088,7 @@ class ExecutedFlops:
         eq5: the paper's Eq. 5 count of the decisions taken; equals `audit_flops`'s
             ``FlopsReport.adaptive`` for the same frames.
         total: what the runner executed: ``eq5`` plus the channels a dense fallback
-            computed and discarded (equal to ``eq5`` with ``dense_fallback_below=None``).
+            computed and discarded (equal to ``eq5`` with ``dense_fallback="never"``).
         dense: the dense model's cost of the same frames.
         policy: the policy networks' share (included in ``eq5`` and ``total``).
         first_conv, second_conv: per block, executed first- / second-conv FLOPs.
@@ -1019,10 +1145,13 @@ class StreamingRunner:
         min_group_channels: per-group calls only for granularity >= this.
         cache_size: packed selections kept per conv (LRU); a selection is packed when it
             recurs within a few calls (a stable policy).
-        dense_fallback_below: a selection that is neither cached nor run per group, on an
-            output map with fewer pixels than this, runs the dense conv and discards the
-            unused channels (packing its weight would cost more than the conv saves);
-            ``None`` always executes exactly Eq. 5's channels.
+        dense_fallback: how a selection that is not cached runs. ``"timed"`` (default,
+            CPU): per conv, the fastest of one call per group, packing the gathered
+            weight now, and the dense conv with the unused channels discarded, from
+            timings taken while streaming (the first frames try each way), so a conv whose
+            selections cannot pay for themselves runs densely; on other devices as
+            ``"never"``. ``"never"``: exactly Eq. 5's channels (per group or packed).
+            ``"always"``: every partial selection runs densely (a reference).
     """
 
     def __init__(
@@ -1034,8 +1163,12 @@ class StreamingRunner:
         max_group_calls: int = 8,
         min_group_channels: int = 16,
         cache_size: int = 8,
-        dense_fallback_below: int | None = 28 * 28,
+        dense_fallback: str = "timed",
     ) -> None:
+        if dense_fallback not in DENSE_FALLBACKS:
+            raise AdaFuseStreamingError(
+                f"dense_fallback must be one of {DENSE_FALLBACKS}, got {dense_fallback!r}"
+            )
         gates = dict(iter_gates(model))
         if not gates:
             raise AdaFuseStreamingError(
@@ -1058,7 +1191,7 @@ class StreamingRunner:
         self.record_decisions = record_decisions
         self._reference = copy.deepcopy(model)
         self._model = copy.deepcopy(model)
-        tuning = _Tuning(max_group_calls, min_group_channels, cache_size, dense_fallback_below)
+        tuning = _Tuning(max_group_calls, min_group_channels, cache_size, dense_fallback)
         self._blocks = self._convert(self._model, tuning)
         _pack_dense_parts(self._model, self.backend)
         self._flops_tables: dict[tuple[int, ...], _FlopsTable] = {}
@@ -1208,6 +1341,16 @@ class StreamingRunner:
         return torch.stack([self.step(frame).logits for frame in frames])
 
     # -- audits --------------------------------------------------------------------
+    def execution_modes(self) -> dict[str, int]:
+        """How many first / second conv runs (of partial or full selections) took each
+        way since the runner was built: ``packed`` (a weight packed for the selection,
+        cached or full), ``per-group``, ``pack-now``, ``dense``."""
+        counts: collections.Counter[str] = collections.Counter()
+        for block in self._blocks.values():
+            for conv in (block.first, block.second):
+                counts.update(conv.mode_counts)
+        return dict(counts)
+
     def decisions(self) -> dict[str, torch.Tensor]:
         """{block: (1, T, c') long} decisions of the frames since reset, in the layout of
         `collect_decisions` (needs ``record_decisions=True``)."""

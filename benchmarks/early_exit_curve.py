@@ -36,7 +36,7 @@ def stream_split(recognizer: torch.nn.Module, cfg: object, split: str) -> dict[s
     loader_cfg.dataset.ann_file = str(ann_file.with_name(f"{split}_list.txt"))
     loader_cfg.num_workers, loader_cfg.persistent_workers = 0, False
     # No dense fallback: executed work is then exactly Eq. 5 (+ policy), the paper's measure.
-    runner = streaming_runner(recognizer, dense_fallback_below=None)
+    runner = streaming_runner(recognizer, dense_fallback="never")
     logits, flops, labels = [], [], []
     with torch.no_grad():
         for batch in tqdm(Runner.build_dataloader(loader_cfg), desc=split, leave=False):

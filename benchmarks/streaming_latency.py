@@ -17,6 +17,10 @@ Variants:
   schedule: ``static`` (one random decision vector, repeated: a policy that settled on
   a channel set) or ``dynamic`` (fresh random decisions every frame: the worst case).
   A quarter of the executed channels are reused, the rest kept.
+- ``--work-dirs``: policies trained on the generated dataset (mmaction2 work folders of
+  ``adafuse demo`` or ``benchmarks/ablation.py``, TSN-style ResNets), streamed on generated
+  videos rendered at ``--size`` (8 frames per clip, the runners reset between clips),
+  against the same backbone unpatched (eager) and patched with policy ``keep`` (engine).
 
 Ideal speedup = dense FLOPs / Eq. 5 FLOPs (the runner's counters, policy included);
 "executed" adds what dense fallbacks computed and discarded.
@@ -31,7 +35,9 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -94,6 +100,20 @@ class Variant:
     runner: StreamingRunner | None = None
     times: list[float] = dataclasses.field(default_factory=list)
 
+    flops: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+
+    def reset(self) -> None:
+        """Start a new clip, keeping the FLOPs counts of the previous ones."""
+        if self.runner is not None:
+            self.flops = self.counts()
+            self.runner.reset()
+
+    def counts(self) -> list[float]:
+        """Eq. 5, executed and dense FLOPs streamed so far (all clips)."""
+        counters = self.runner.executed_flops
+        eq5, total, dense = self.flops
+        return [eq5 + counters.eq5, total + counters.total, dense + counters.dense]
+
 
 def build_variants(args: argparse.Namespace, name: str) -> list[Variant]:
     import timm
@@ -117,18 +137,85 @@ def build_variants(args: argparse.Namespace, name: str) -> list[Variant]:
             for schedule in args.schedules:
                 dynamic = schedule == "dynamic"
                 install_schedules(patched, nets, executed, dynamic, seed=granularity)
-                runner = StreamingRunner(patched, cache_size=args.cache_size)
-                label = f"{schedule} {executed:.0%} g={granularity}"
-                variants.append(Variant(label, runner.step, runner))
+                for fallback in args.dense_fallback:
+                    runner = StreamingRunner(
+                        patched, cache_size=args.cache_size, dense_fallback=fallback
+                    )
+                    label = f"{schedule} {executed:.0%} g={granularity}"
+                    if len(args.dense_fallback) > 1:
+                        label += f" {fallback}"
+                    variants.append(Variant(label, runner.step, runner))
     return variants
 
 
-def measure(variants: list[Variant], args: argparse.Namespace, desc: str) -> None:
-    frames = torch.randn(16, 3, args.size, args.size)
+def build_trained_variants(
+    args: argparse.Namespace, work_dir: Path
+) -> tuple[list[Variant], torch.Tensor, torch.Tensor]:
+    """Variants of a trained model, and its data preprocessor's mean and std."""
+    from adafuse_plugin.mmaction.streaming import FrameClassifier, load_work_dir
+
+    recognizer, _ = load_work_dir(work_dir, allow_unsafe=args.allow_unsafe_checkpoints)
+    trained = FrameClassifier(recognizer).eval()
+    base = af.unpatch_model(copy.deepcopy(trained)).eval()
+    dense = af.patch_model(copy.deepcopy(base), num_segments=1, policy="keep").eval()
+    engine = StreamingRunner(dense)
+    variants = [Variant("dense eager", base), Variant("dense engine", engine.step, engine)]
+    for fallback in args.dense_fallback:
+        runner = StreamingRunner(trained, dense_fallback=fallback, cache_size=args.cache_size)
+        config = af.get_config(trained)
+        label = f"trained {config.policy} g={config.granularity} ({work_dir.name})"
+        if len(args.dense_fallback) > 1:
+            label += f" {fallback}"
+        variants.append(Variant(label, runner.step, runner))
+    preprocessor = recognizer.data_preprocessor
+    return variants, preprocessor.mean.view(3, 1, 1), preprocessor.std.view(3, 1, 1)
+
+
+def generated_clips(
+    size: int, count: int, mean: torch.Tensor, std: torch.Tensor, frames: int = 8
+) -> torch.Tensor:
+    """(count, frames, 3, size, size) clips of the generated dataset's classes in turn,
+    every other frame of 16, normalised by ``mean`` and ``std`` (0-255 scale)."""
+    from adafuse_plugin.synthetic_videos import CLASSES, render_clip, sample_spec
+
+    rng = np.random.default_rng(0)
+    clips = []
+    for index in range(count):
+        spec = sample_spec(index % len(CLASSES), rng, num_frames=2 * frames, frame_size=size)
+        video = torch.from_numpy(render_clip(spec)[::2]).permute(0, 3, 1, 2).float()
+        clips.append((video - mean) / std)
+    return torch.stack(clips)
+
+
+def decision_mix(runner: StreamingRunner, clips: torch.Tensor) -> str:
+    """keep / reuse / skip shares of a runner's decisions over some clips."""
+    counts = np.zeros(3)
+    for clip in clips:
+        runner.reset()
+        for frame in clip:
+            runner.step(frame)
+            for block in runner._blocks.values():
+                counts += np.bincount(block.state.actions, minlength=3)[:3]
+    runner.reset()
+    return "/".join(f"{c / counts.sum():.0%}" for c in counts)
+
+
+def measure(
+    variants: list[Variant],
+    args: argparse.Namespace,
+    desc: str,
+    clips: torch.Tensor | None = None,
+) -> None:
+    """Time every variant frame by frame, interleaved. Without ``clips``, random frames
+    stream on and on; with them, every variant resets at the start of each clip."""
+    frames = torch.randn(16, 3, args.size, args.size) if clips is None else clips.flatten(0, 1)
     total = args.warmup + args.frames
     with torch.inference_mode():
         for index in tqdm(range(total), desc=desc):
             frame = frames[index % len(frames)]
+            if clips is not None and index % clips.shape[1] == 0:
+                for variant in variants:
+                    variant.reset()
             shift = index % len(variants)
             for variant in variants[shift:] + variants[:shift]:
                 start = time.perf_counter()
@@ -136,6 +223,14 @@ def measure(variants: list[Variant], args: argparse.Namespace, desc: str) -> Non
                 elapsed = time.perf_counter() - start
                 if index >= args.warmup:
                     variant.times.append(elapsed)
+
+
+def mode_shares(runner: StreamingRunner) -> str:
+    """Share of first/second conv runs per execution mode, warm-up included."""
+    counts = runner.execution_modes()
+    total = sum(counts.values()) or 1
+    modes = ("packed", "per-group", "pack-now", "dense")
+    return " / ".join(f"{counts.get(mode, 0) / total:.0%}" for mode in modes)
 
 
 def report(variants: list[Variant], name: str) -> str:
@@ -146,26 +241,30 @@ def report(variants: list[Variant], name: str) -> str:
         f"### {name}, {len(eager.times)} timed frames, torch threads {torch.get_num_threads()}",
         "",
         "| variant | Eq. 5 FLOPs | executed FLOPs | ideal speedup | median ms/frame "
-        "| measured speedup | measured / ideal | vs dense eager |",
-        "|---|---|---|---|---|---|---|---|",
+        "| measured speedup | measured / ideal | vs dense eager | conv runs: packed / "
+        "per-group / pack-now / dense |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in variants:
         ms = medians[variant.label]
         eq5 = executed = 1.0
+        modes = ""
         if variant.runner is not None:
-            counters = variant.runner.executed_flops
-            eq5, executed = counters.eq5 / counters.dense, counters.total / counters.dense
+            eq5, total, dense = variant.counts()
+            eq5, executed = eq5 / dense, total / dense
+            modes = mode_shares(variant.runner)
         speedup = dense_ms / ms
         lines.append(
             f"| {variant.label} | {eq5:.1%} | {executed:.1%} | {1 / eq5:.2f}x | {ms:.1f} "
-            f"| {speedup:.2f}x | {speedup * eq5:.2f} | {medians[eager.label] / ms:.2f}x |"
+            f"| {speedup:.2f}x | {speedup * eq5:.2f} | {medians[eager.label] / ms:.2f}x "
+            f"| {modes} |"
         )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--models", nargs="*", default=["resnet18", "resnet50"])
     parser.add_argument("--size", type=int, default=224, help="frame height and width")
     parser.add_argument("--executed", nargs="+", type=float, default=[0.4, 0.6],
                         help="share of channel groups the synthetic policies execute")  # fmt: skip
@@ -173,11 +272,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--schedules", nargs="+", choices=("static", "dynamic"),
                         default=["static", "dynamic"])  # fmt: skip
     parser.add_argument("--frames", type=int, default=60, help="timed frames per variant")
-    parser.add_argument("--warmup", type=int, default=8, help="untimed frames first")
+    parser.add_argument("--warmup", type=int, default=30,
+                        help="untimed frames first (the runner times its execution modes "
+                             "during the first frames)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--dense-fallback", nargs="+", default=["timed"],
+                        choices=("timed", "never", "always"),
+                        help="StreamingRunner dense_fallback (one variant each)")  # fmt: skip
     parser.add_argument("--cache-size", type=int, default=8,
                         help="StreamingRunner cache_size (packed selections per conv)")  # fmt: skip
     parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--work-dirs", nargs="*", type=Path, default=[],
+                        help="mmaction2 work folders of trained TSN-style AdaFuse models to "
+                             "time on generated videos (with no --models: only these)")  # fmt: skip
+    parser.add_argument("--allow-unsafe-checkpoints", action="store_true",
+                        help="unpickle the checkpoints fully (trusted files only)")  # fmt: skip
     parser.add_argument("--compile", action="store_true",
                         help="add torch.compile'd dense models (slow to build)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
@@ -193,12 +302,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    tables = []
     for name in args.models:
         variants = build_variants(args, name)
         measure(variants, args, desc=name)
-        tables.append(report(variants, f"{name} at {args.size}x{args.size}, batch 1"))
-        print(tables[-1] + "\n", flush=True)
+        print(report(variants, f"{name} at {args.size}x{args.size}, batch 1") + "\n", flush=True)
+    for work_dir in args.work_dirs:
+        variants, mean, std = build_trained_variants(args, work_dir)
+        clips = generated_clips(args.size, -(-(args.warmup + args.frames) // 8), mean, std)
+        measure(variants, args, desc=work_dir.name, clips=clips)
+        title = f"{work_dir.name} (trained) on generated {args.size}x{args.size} videos, batch 1"
+        mixes = [
+            f"- {v.label}: keep/reuse/skip {decision_mix(v.runner, clips)}" for v in variants[2:]
+        ]
+        print(report(variants, title) + "\n\n" + "\n".join(mixes) + "\n", flush=True)
 
 
 if __name__ == "__main__":

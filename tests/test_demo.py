@@ -62,7 +62,7 @@ def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
     with torch.no_grad():
         data = recognizer.data_preprocessor(batch, False)
         scores = recognizer(**data, mode="predict")[0].pred_scores.item
-        runner = streaming_runner(recognizer, dense_fallback_below=None)
+        runner = streaming_runner(recognizer, dense_fallback="never")
         prediction = runner.run(data["inputs"][0]).mean(0)
     torch.testing.assert_close(prediction.softmax(0), scores, atol=1e-5, rtol=1e-4)
 

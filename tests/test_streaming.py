@@ -15,6 +15,7 @@ from adafuse_plugin.gate import KEEP, REUSE, SKIP
 from adafuse_plugin.streaming import (
     AdaFuseStreamingError,
     StreamingRunner,
+    _ModeTimer,
     supported_streaming_blocks,
 )
 
@@ -110,7 +111,7 @@ def test_runner_matches_patched_model_per_frame(name, config):
     model = build(name, frames, **config)
     clip = torch.randn(frames, 3, SIZE, SIZE)
     # No dense fallback: on these tiny maps it would replace the sparse paths under test.
-    runner = StreamingRunner(model, record_decisions=True, dense_fallback_below=None)
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback="never")
     decisions = assert_matches(model, runner, clip)
     assert runner.executed_flops.total == pytest.approx(runner.executed_flops.eq5, rel=1e-9)
     counts = mix(decisions)
@@ -132,10 +133,11 @@ def test_clip_lengths_and_prefixes(frames):
 @pytest.mark.parametrize(
     "tuning",
     [
-        {"dense_fallback_below": None},  # exact Eq. 5 work: packed selections only
-        {"dense_fallback_below": 10**9, "max_group_calls": 0},  # always the dense fallback
-        {"dense_fallback_below": None, "max_group_calls": 64, "min_group_channels": 1},
-        {"dense_fallback_below": None, "cache_size": 0},
+        {"dense_fallback": "never"},  # exact Eq. 5 work: packed selections only
+        {"dense_fallback": "always"},  # every partial selection dense
+        {"dense_fallback": "never", "max_group_calls": 64, "min_group_channels": 1},
+        {"dense_fallback": "never", "cache_size": 0},
+        {"dense_fallback": "timed", "max_group_calls": 64, "min_group_channels": 1},
     ],
 )
 def test_execution_strategies_are_exact(tuning):
@@ -147,9 +149,9 @@ def test_execution_strategies_are_exact(tuning):
     runner = StreamingRunner(model, record_decisions=True, **tuning)
     assert_matches(model, runner, clip)
     counters = runner.executed_flops
-    if tuning["dense_fallback_below"] is None:
+    if tuning["dense_fallback"] == "never":
         assert counters.total == pytest.approx(counters.eq5, rel=1e-9)
-    else:
+    elif tuning["dense_fallback"] == "always":
         assert counters.total > counters.eq5
 
 
@@ -158,7 +160,7 @@ def test_static_policy_hits_the_cache():
     frames = 5
     model = build("resnet18", frames, granularity=16)
     clip = torch.randn(1, 3, SIZE, SIZE).expand(frames, -1, -1, -1).contiguous()
-    runner = StreamingRunner(model, record_decisions=True, dense_fallback_below=None)
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback="never")
     assert_matches(model, runner, clip)
 
 
@@ -215,7 +217,7 @@ def test_executed_work_cross_checked_by_flop_counter():
     clip = torch.randn(frames, 3, SIZE, SIZE)
     dense = StreamingRunner(build("resnet18", frames, policy="keep"), backend="eager")
     sparse = StreamingRunner(
-        build("resnet18", frames, granularity=16), backend="eager", dense_fallback_below=None
+        build("resnet18", frames, granularity=16), backend="eager", dense_fallback="never"
     )
     saved = _conv_macs(dense, clip) - _conv_macs(sparse, clip)
     table = next(iter(sparse._flops_tables.values()))
@@ -300,9 +302,11 @@ def test_mmaction2_resnet_blocks_stream_exactly(depth, channels):
     model = MMActionClassifier(randomize_norms(backbone), channels)
     af.patch_model(model, num_segments=frames, granularity=8)
     model = randomize_policies(model).eval()
-    runner = StreamingRunner(model, record_decisions=True, dense_fallback_below=None)
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback="never")
     decisions = assert_matches(model, runner, torch.randn(frames, 3, SIZE, SIZE))
     assert all(count > 0 for count in mix(decisions)), mix(decisions)
+    # every BatchNorm is folded, the stem ConvModule's included
+    assert not [m for m in runner._model.modules() if isinstance(m, nn.BatchNorm2d)]
 
 
 def test_mmaction2_temporal_shift_is_rejected():
@@ -318,3 +322,41 @@ def test_mmaction2_temporal_shift_is_rejected():
     af.patch_model(model, num_segments=2)
     with pytest.raises(AdaFuseStreamingError, match="TemporalShift.*cannot run causally"):
         StreamingRunner(model.eval())
+
+
+def test_mode_timer_tries_each_mode_then_takes_the_fastest():
+    timer = _ModeTimer(explore_every=4, trials=2, explore_within=10.0)
+    modes = ("per-group", "pack-now", "dense")
+    per_group_rate, pack_rate, dense = 0.5e-3, 2e-3, 2e-3
+    tried = []
+    for _ in range(6):  # two runs each: the first (primitive creation) is dropped
+        mode = timer.choose(modes, 6)
+        slow = 50 if mode not in tried else 1
+        tried.append(mode)
+        seconds = {"per-group": 6 * per_group_rate, "pack-now": 6 * pack_rate, "dense": dense}
+        timer.record(mode, 6, seconds[mode] * slow)
+    assert sorted(tried) == sorted(modes * 2)
+    # 6 groups: dense 2 ms < per-group 3 ms < pack-now 12 ms; every 4th choice runs
+    # another mode, in turn
+    picks = [timer.choose(modes, 6) for _ in range(8)]
+    assert picks == ["dense"] * 3 + ["per-group"] + ["dense"] * 3 + ["pack-now"]
+    # 2 groups: per-group 1 ms (the per-group rate carries over to other sizes)
+    assert timer.choose(modes, 2) == "per-group"
+    # modes estimated beyond explore_within x the best are not re-timed
+    timer._explore_within = 2.0
+    assert set(timer.choose(modes, 6) for _ in range(16)) == {"dense", "per-group"}
+
+
+def test_mode_timer_ignores_a_stall():
+    timer = _ModeTimer(explore_every=10**6)
+    for seconds in (1.0, 1e-3, 0.5, 0.4, 0.3):  # stalls among per-group runs of 2 groups
+        timer.record("per-group", 2, seconds)
+    for seconds in (1.0, 2e-3, 2e-3):
+        timer.record("dense", 2, seconds)
+    assert timer.choose(("per-group", "dense"), 2) == "per-group"
+
+
+def test_dense_fallback_is_validated():
+    model = build("resnet18", 2)
+    with pytest.raises(AdaFuseStreamingError, match="dense_fallback must be one of"):
+        StreamingRunner(model, dense_fallback="sometimes")
