@@ -21,13 +21,14 @@ the same decisions after every frame.
 
 Speed (CPU, batch 1). Weights are folded and packed once into oneDNN's blocked layout, so
 no conv re-packs its weight per call (eager ``F.conv2d`` does, which dominates small-map
-layers). A channel selection is served by, in order: a packed weight cached for exactly
-that selection (packed when the selection recurs, so a stable policy pays packing once
-and per-frame random decisions almost never do); one call per channel group with weights
-packed per group (coarse granularity; outputs concatenated, inputs accumulated in place
-by oneDNN's fused add); on small maps, the dense conv with unused channels discarded;
-packing the gathered weight now. Activations are channels_last from the stem on.
-See docs/online-inference.md for measurements.
+layers). A channel selection is served by a packed weight cached for exactly that
+selection when there is one (packed when the selection recurs, so a stable policy pays
+packing once and per-frame random decisions almost never do); otherwise by one call per
+channel group with weights packed per group (coarse granularity; outputs concatenated,
+inputs accumulated in place by oneDNN's fused add), by packing the gathered weight now,
+or by the dense conv with the unused channels discarded, whichever online timings say
+is fastest for that conv (``dense_fallback="timed"``). Activations are channels_last
+from the stem on. See docs/online-inference.md for measurements.
 """
 
 from __future__ import annotations
@@ -332,7 +333,7 @@ class _ModeTimer:
 
     def choose(self, modes: Sequence[str], selected: int) -> str:
         """The mode to run ``selected`` groups with: an untried one first, else the one
-        with the lowest estimate (the runner-up now and then)."""
+        with the lowest estimate (now and then another one close to it)."""
         estimates = []
         for mode in modes:
             times = self._times.get(mode)
