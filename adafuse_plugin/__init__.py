@@ -36,6 +36,7 @@ from .surgery import (
     iter_gates,
     patch_model,
     reset_policy_parameters,
+    set_eval_decisions,
     set_temperature,
     unpatch_model,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "registered_block_classes",
     "reset_policy_parameters",
     "save_adafuse",
+    "set_eval_decisions",
     "set_temperature",
     "summary",
     "unpatch_model",

@@ -1,4 +1,5 @@
-"""The ``adafuse`` command line: ``demo``, ``audit``, and mmaction2 ``train`` / ``test``."""
+"""The ``adafuse`` command line: ``demo``, ``audit``, ``convert`` and mmaction2 ``train`` /
+``test``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import POLICIES
+from .config import EVAL_DECISIONS, POLICIES
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -92,6 +93,10 @@ def _runner(args: argparse.Namespace) -> object:
         cfg.resume, cfg.load_from = True, args.resume
     if getattr(args, "checkpoint", None):
         cfg.load_from = args.checkpoint
+    if getattr(args, "decisions", None):
+        cfg.model.adafuse.eval_decisions = args.decisions
+    if getattr(args, "seed", None) is not None:
+        cfg.randomness = dict(cfg.get("randomness", {}), seed=args.seed)
     return build_runner(cfg, args.launcher)
 
 
@@ -121,6 +126,19 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fully unpickle checkpoints the safe loader rejects (trusted files only)",
     )
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .mmaction.convert import convert_checkpoint
+
+    result = convert_checkpoint(args.source, args.output, args.config, args.variant)
+    print(json.dumps(result, indent=2))
+    print(
+        f"\nnext: adafuse test {result['config']} {result['output']}   "
+        "(add --decisions gumbel --seed 1007 for the authors' sampled protocol)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -181,8 +199,37 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="test a checkpoint of an mmaction2 config")
     test.add_argument("config")
     test.add_argument("checkpoint")
+    test.add_argument(
+        "--decisions",
+        choices=list(EVAL_DECISIONS),
+        default=None,
+        help="eval decisions of learned policies: argmax (default, deterministic) or gumbel "
+        "(sampled, the authors' test protocol; seed it with --seed)",
+    )
+    test.add_argument("--seed", type=int, default=None, help="random seed (mmengine randomness)")
     _add_runner_options(test)
     test.set_defaults(func=_test)
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert an authors' released AdaFuse checkpoint for a config in mmaction_configs/",
+        description="Map every key of an authors' checkpoint (sthv1_adatsn50.pth.tar, "
+        "sthv1_adatsm50.pth.tar, sthv1_adatsm50last.pth.tar) onto the matching config's "
+        "model and write an mmengine checkpoint, loadable weights-only. Unmapped or missing "
+        "keys, wrong shapes and a checkpoint that fits no config are errors naming them.",
+    )
+    convert.add_argument("source", help="the authors' .pth.tar file")
+    convert.add_argument("output", help="the mmengine checkpoint to write (.pth)")
+    convert.add_argument(
+        "--config", default=None, help="default: the shipped config of the detected model"
+    )
+    convert.add_argument(
+        "--variant",
+        default=None,
+        choices=["tsn", "tsm", "tsm-last"],
+        help="needed when the file name does not say adatsn / adatsm",
+    )
+    convert.set_defaults(func=_convert)
 
     audit = commands.add_parser("audit", help="dense and adaptive FLOPs of a timm model or config")
     audit.add_argument("model", help="a timm model name (e.g. resnet50) or an mmaction2 config")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .errors import AdaFuseConfigError
 
@@ -22,6 +22,11 @@ POLICIES: dict[str, str] = {
 
 #: Policies whose decisions come from a trained policy network.
 LEARNED_POLICIES = frozenset({"adafuse", "keep_skip", "keep_reuse"})
+
+#: How a learned policy decides in eval mode: ``argmax`` (deterministic, our default) or
+#: ``gumbel`` (a hard Gumbel sample, as the authors' evaluation script does).
+EvalDecisions = Literal["argmax", "gumbel"]
+EVAL_DECISIONS: tuple[str, ...] = ("argmax", "gumbel")
 
 #: Default hidden width of a policy network when neither ``hidden_size`` nor
 #: ``hidden_quota`` is given.
@@ -44,12 +49,19 @@ class AdaFuseConfig:
         hidden_size: hidden width of every policy network.
         hidden_quota: the paper's "hidden quota": hidden width = quota // c' (the first
             conv's output channels). Exclusive with ``hidden_size``.
-        share_policy: share one policy network between blocks of equal shapes (the
-            paper's released ResNet-50 TSN/TSM models do this).
+        share_policy: share the two Linear layers of the policy network between blocks
+            of equal shapes (the paper's released ResNet-50 TSN/TSM models do this); each
+            block keeps its own BatchNorm1d, as in the authors' networks.
         granularity: channels per decision (1 = one decision per channel).
         tau: Gumbel-softmax temperature used in training; settable at run time.
         random_ratios: keep / reuse / skip probabilities of the ``random`` policy.
         threshold_keep_ratio: share of channels kept by the ``threshold`` policy.
+        policy_shift_div: the block's first conv sees a TSM-shifted input (fold
+            1/policy_shift_div) and the policy pools that shifted input, as in the
+            authors' AdaFuse-TSM networks. ``None``: the policy pools the block input.
+            Set by ``AdaFuseRecognizer2D(adafuse=dict(tsm_wiring='authors'))``.
+        eval_decisions: ``argmax`` (default) or ``gumbel``: how a learned policy
+            decides in eval mode; ``gumbel`` samples like the authors' test script.
     """
 
     num_segments: int = 8
@@ -64,6 +76,8 @@ class AdaFuseConfig:
     tau: float = 0.67
     random_ratios: Sequence[float] = (1 / 3, 1 / 3, 1 / 3)
     threshold_keep_ratio: float = 0.5
+    policy_shift_div: int | None = None
+    eval_decisions: EvalDecisions = "argmax"
 
     def __post_init__(self) -> None:
         for name in ("stages", "include", "exclude", "random_ratios"):
@@ -104,6 +118,16 @@ class AdaFuseConfig:
         if not 0.0 <= self.threshold_keep_ratio <= 1.0:
             raise AdaFuseConfigError(
                 f"threshold_keep_ratio must be in [0, 1], got {self.threshold_keep_ratio!r}"
+            )
+        if self.policy_shift_div is not None and (
+            not isinstance(self.policy_shift_div, int) or self.policy_shift_div < 2
+        ):
+            raise AdaFuseConfigError(
+                f"policy_shift_div must be an int >= 2 (TSM uses 8), got {self.policy_shift_div!r}"
+            )
+        if self.eval_decisions not in EVAL_DECISIONS:
+            raise AdaFuseConfigError(
+                f"eval_decisions must be one of {list(EVAL_DECISIONS)}, got {self.eval_decisions!r}"
             )
         if self.stages is not None and not all(isinstance(s, int) for s in self.stages):
             raise AdaFuseConfigError(f"stages must be ints, got {self.stages!r}")

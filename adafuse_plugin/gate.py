@@ -38,17 +38,29 @@ class PolicyNet(nn.Module):
 
     Linear(2c -> H) -> BatchNorm1d(H) -> ReLU -> Linear(H -> 3 * groups), the paper's
     architecture, with weights drawn from N(0, 0.001) and zero biases so a fresh policy
-    starts near uniform.
+    starts near uniform. Blocks that share a policy (``share_policy=True``) pass the
+    same ``fc1`` / ``fc2`` modules; the BatchNorm1d is always the block's own, as in
+    the authors' networks.
     """
 
-    def __init__(self, in_channels: int, groups: int, hidden: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        groups: int,
+        hidden: int,
+        shared: tuple[nn.Linear, nn.Linear] | None = None,
+    ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.groups = groups
-        self.fc1 = nn.Linear(2 * in_channels, hidden)
-        self.norm = nn.BatchNorm1d(hidden)
-        self.fc2 = nn.Linear(hidden, 3 * groups)
-        self.reset_parameters()
+        if shared is None:
+            self.fc1 = nn.Linear(2 * in_channels, hidden)
+            self.norm = nn.BatchNorm1d(hidden)
+            self.fc2 = nn.Linear(hidden, 3 * groups)
+            self.reset_parameters()
+        else:
+            self.fc1, self.fc2 = shared
+            self.norm = nn.BatchNorm1d(hidden)
 
     def reset_parameters(self) -> None:
         """The paper's initialisation; call again after a backbone's own init_weights."""
@@ -67,6 +79,16 @@ class PolicyNet(nn.Module):
 def shift_to_previous_frame(x: torch.Tensor) -> torch.Tensor:
     """(N, T, ...) -> the same with frame t holding frame t-1 and zeros at t = 0."""
     return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+def temporal_shift(x: torch.Tensor, shift_div: int) -> torch.Tensor:
+    """TSM's shift on (N, T, C, ...): the first C // shift_div channels of frame t take
+    frame t+1's, the next C // shift_div take frame t-1's (zeros at the clip ends)."""
+    fold = x.shape[2] // shift_div
+    future = x[:, :, :fold]
+    future = torch.cat([future[:, 1:], torch.zeros_like(future[:, :1])], dim=1)
+    past = shift_to_previous_frame(x[:, :, fold : 2 * fold])
+    return torch.cat([future, past, x[:, :, 2 * fold :]], dim=2)
 
 
 class AdaFuseGate(nn.Module):
@@ -192,6 +214,10 @@ class AdaFuseGate(nn.Module):
                 "submodules"
             )
         pooled = pooled.view(shape[0], shape[1], -1)
+        if self.config.policy_shift_div is not None:
+            # GAP commutes with the temporal shift: pooling the shifted input (the
+            # authors' AdaFuse-TSM) equals shifting the pooled one.
+            pooled = temporal_shift(pooled, self.config.policy_shift_div)
         logits = self.policy_net(
             shift_to_previous_frame(pooled).flatten(0, 1), pooled.flatten(0, 1)
         ).view(*shape, 3)
@@ -202,4 +228,8 @@ class AdaFuseGate(nn.Module):
             logits = logits.masked_fill(mask, float("-inf"))
         if self.training:
             return F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=-1)
+        if self.config.eval_decisions == "gumbel":
+            # argmax(logits + Gumbel noise): the hard sample, independent of tau.
+            noise = -torch.empty_like(logits).exponential_().log()
+            return F.one_hot((logits + noise).argmax(dim=-1), 3).to(logits.dtype)
         return F.one_hot(logits.argmax(dim=-1), 3).to(logits.dtype)

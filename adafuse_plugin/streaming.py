@@ -1186,6 +1186,17 @@ class StreamingRunner:
                     f"block {name!r} uses policy {gate.config.policy!r}; streaming supports "
                     f"{sorted(STREAMING_POLICIES)}"
                 )
+            if gate.config.policy_shift_div is not None:
+                raise AdaFuseStreamingError(
+                    f"block {name!r} pools a TSM-shifted input (policy_shift_div): the shift "
+                    "reads the next frame, so it cannot run causally"
+                )
+            if gate.config.eval_decisions != "argmax":
+                raise AdaFuseStreamingError(
+                    f"block {name!r} samples its decisions (eval_decisions="
+                    f"{gate.config.eval_decisions!r}); streaming decides by argmax: call "
+                    "set_eval_decisions(model, 'argmax') first"
+                )
         weight = next(model.parameters())
         self.device, self.dtype = weight.device, weight.dtype
         self.backend = self._backend(backend)

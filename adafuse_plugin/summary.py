@@ -34,7 +34,7 @@ class PatchSummary:
             f"AdaFuse policy '{self.policy}', num_segments={self.num_segments}: patched "
             f"{len(self.rows)} of {self.supported_blocks} supported blocks",
             f"parameters: {self.base_parameters:,} base + {self.added_parameters:,} AdaFuse "
-            f"(+{share:.1%}; shared policy networks counted once)",
+            f"(+{share:.1%}; shared policy layers counted once)",
         ]
         return "\n".join(lines)
 
@@ -54,9 +54,10 @@ def summary(model: nn.Module) -> PatchSummary:
         block = model.get_submodule(name)
         net = gate.policy_net
         params = 0
-        if net is not None and id(net) not in seen:
-            seen.add(id(net))
-            params = sum(p.numel() for p in net.parameters())
+        for param in net.parameters() if net is not None else ():
+            if id(param) not in seen:  # shared Linear layers count at their first block
+                seen.add(id(param))
+                params += param.numel()
         hidden = net.fc1.out_features if net is not None else 0
         rows.append(
             (

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .adapters import BlockAdapter, find_adapter, registered_block_classes
-from .config import LEARNED_POLICIES, AdaFuseConfig
+from .config import LEARNED_POLICIES, AdaFuseConfig, EvalDecisions
 from .errors import AdaFuseConfigError, AdaFusePatchError
 from .gate import GATE_ATTR, AdaFuseGate, PolicyNet
 
@@ -136,7 +136,7 @@ def patch_model(
             "classes (adafuse_plugin.registered_block_classes())."
         )
     selected = _select(sites, config)
-    shared: dict[tuple[int, int], PolicyNet] = {}
+    shared: dict[tuple[int, int], tuple[nn.Linear, nn.Linear]] = {}
     gates = []
     for site in selected:
         if hasattr(site.block, GATE_ATTR):
@@ -154,14 +154,13 @@ def patch_model(
         policy_net = None
         if config.policy in LEARNED_POLICIES:
             key = (in_channels, out_channels)
-            policy_net = shared.get(key) if config.share_policy else None
-            if policy_net is None:
-                policy_net = PolicyNet(
-                    in_channels,
-                    out_channels // config.granularity,
-                    config.hidden_for(out_channels),
-                )
-                shared[key] = policy_net
+            policy_net = PolicyNet(
+                in_channels,
+                out_channels // config.granularity,
+                config.hidden_for(out_channels),
+                shared=shared.get(key) if config.share_policy else None,
+            )
+            shared.setdefault(key, (policy_net.fc1, policy_net.fc2))
         gates.append((site, AdaFuseGate(site.name, in_channels, out_channels, config, policy_net)))
     for site, gate in gates:
         weight = next(site.adapter.first_conv_module(site.block).parameters())
@@ -202,6 +201,14 @@ def collect_decisions(model: nn.Module) -> dict[str, torch.Tensor]:
     if not decisions:
         raise AdaFusePatchError("no decisions recorded yet: run a forward pass first")
     return decisions
+
+
+def set_eval_decisions(model: nn.Module, mode: EvalDecisions) -> None:
+    """How learned policies decide in eval mode: ``"argmax"`` (deterministic) or
+    ``"gumbel"`` (hard Gumbel samples from the torch RNG, as the authors' test script)."""
+    config = dataclasses.replace(get_config(model), eval_decisions=mode)
+    for _, gate in iter_gates(model):
+        gate.config = config
 
 
 def set_temperature(model: nn.Module, tau: float) -> None:

@@ -141,6 +141,30 @@ def test_eval_is_deterministic_and_training_samples(resnet18):
     assert any(not torch.equal(s1[k], s2[k]) for k in s1)
 
 
+def test_gumbel_eval_decisions_sample_the_policy_softmax(resnet18):
+    """The authors' test protocol: eval decisions drawn from softmax(logits), reproducible
+    under a seed; argmax (our default) always takes the most likely action."""
+    af.patch_model(resnet18, num_segments=2).eval()
+    probabilities = torch.tensor([0.6, 0.3, 0.1])
+    for _, gate in af.iter_gates(resnet18):
+        with torch.no_grad():
+            gate.policy_net.fc2.weight.zero_()
+            gate.policy_net.fc2.bias.copy_(probabilities.log().repeat(gate.groups))
+    x = torch.randn(8, 3, 32, 32)
+    resnet18(x)
+    assert all((d == KEEP).all() for d in af.collect_decisions(resnet18).values())
+    af.set_eval_decisions(resnet18, "gumbel")
+    torch.manual_seed(0)
+    first = resnet18(x)
+    decisions = torch.cat([d.flatten() for d in af.collect_decisions(resnet18).values()])
+    shares = decisions.bincount(minlength=3) / decisions.numel()
+    torch.testing.assert_close(shares, probabilities, atol=0.02, rtol=0)
+    torch.manual_seed(0)
+    assert torch.equal(resnet18(x), first)
+    with pytest.raises(af.AdaFuseConfigError, match="eval_decisions must be one of"):
+        af.set_eval_decisions(resnet18, "sample")
+
+
 @pytest.mark.parametrize(("policy", "forbidden"), [("keep_skip", REUSE), ("keep_reuse", SKIP)])
 def test_restricted_learned_policies_never_take_the_forbidden_action(resnet18, policy, forbidden):
     af.patch_model(resnet18, num_segments=2, policy=policy)

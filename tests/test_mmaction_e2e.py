@@ -81,6 +81,15 @@ def test_train_validate_test_resume_audit(data_root, tmp_path, capsys):
     assert 0.0 <= metrics["acc/top1"] <= 1.0
     assert metrics["acc/gflops_real"] < metrics["acc/gflops_dense"]
 
+    sampled = []  # the authors' protocol: Gumbel-sampled decisions, reproducible by seed
+    for _ in range(2):
+        argv = ["test", CONFIG, str(checkpoint), "--decisions", "gumbel", "--seed", "3", *common]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        sampled.append(json.loads(out[out.rindex("\n{") + 1 :]))
+    assert sampled[0] == sampled[1]
+    assert sampled[0]["acc/keep"] != metrics["acc/keep"]
+
     resumed = data_options(data_root, **{"train_cfg.max_epochs": 2, "experiment_name": "e2e_b"})
     argv = ["train", CONFIG, "--resume", "--work-dir", str(work_dir), "--cfg-options", *resumed]
     assert main(argv) == 0

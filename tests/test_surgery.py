@@ -94,24 +94,78 @@ def test_stage_and_name_selection(resnet18):
 
 
 def test_shared_policies_and_hidden_quota():
+    """Blocks of equal shape share the two Linear layers; each keeps its own BatchNorm1d
+    (the authors' networks), so parameters = 8 shared Linear pairs + 16 norms."""
     timm = pytest.importorskip("timm")
     model = timm.create_model("resnet50", num_classes=174)
     base = sum(p.numel() for p in model.parameters())
     af.patch_model(model, num_segments=8, share_policy=True, hidden_quota=196608)
-    nets = {id(g.policy_net): g for _, g in af.iter_gates(model)}
-    assert len(nets) == 8  # one per distinct (c, c') shape in ResNet-50
-    assert model.layer3[1].adafuse.policy_net is model.layer3[5].adafuse.policy_net
+    gates = [g for _, g in af.iter_gates(model)]
+    assert len({id(g.policy_net.fc1) for g in gates}) == 8  # one per (c, c') in ResNet-50
+    assert len({id(g.policy_net.norm) for g in gates}) == 16  # one per block
+    first, last = model.layer3[1].adafuse.policy_net, model.layer3[5].adafuse.policy_net
+    assert first.fc1 is last.fc1 and first.fc2 is last.fc2 and first.norm is not last.norm
     assert model.layer4[0].adafuse.policy_net.fc1.out_features == 196608 // 512
 
-    def expected(c, c_out):
+    def linears(c, c_out):
         hidden = 196608 // c_out
-        return 2 * c * hidden + hidden + 2 * hidden + hidden * 3 * c_out + 3 * c_out
+        return 2 * c * hidden + hidden + hidden * 3 * c_out + 3 * c_out
 
     shapes = {(64, 64), (256, 64), (256, 128), (512, 128), (512, 256), (1024, 256),
               (1024, 512), (2048, 512)}  # fmt: skip
+    norms = sum(2 * 196608 // g.out_channels for g in gates)
     added = sum(p.numel() for p in model.parameters()) - base
-    assert added == sum(expected(*s) for s in shapes)
+    assert added == sum(linears(*s) for s in shapes) + norms
     assert f"{added:,}" in str(af.summary(model))
+    assert sum(row[4] for row in af.summary(model).rows) == added
+
+
+def test_shared_policy_linears_get_summed_gradients_and_separate_norms(resnet18):
+    """Training a shared policy: a shared Linear's gradient is the sum of the gradients
+    each block would give its own copy; the BatchNorm1d statistics stay per block."""
+    import copy
+
+    torch.manual_seed(0)
+    shared = af.patch_model(copy.deepcopy(resnet18), num_segments=2, share_policy=True)
+    separate = af.patch_model(copy.deepcopy(resnet18), num_segments=2, share_policy=False)
+    separate.load_state_dict(shared.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    for model in (shared, separate):
+        torch.manual_seed(1)  # same Gumbel noise in both
+        model.train()
+        model(x).square().mean().backward()
+    # layer2.1, layer3.1, layer4.1 share with nobody; layer1.0 and layer1.1 share.
+    a, b = shared.layer1[0].adafuse.policy_net, shared.layer1[1].adafuse.policy_net
+    assert a.fc1 is b.fc1 and a.norm is not b.norm
+    sa, sb = separate.layer1[0].adafuse.policy_net, separate.layer1[1].adafuse.policy_net
+    for name in ("fc1", "fc2"):
+        summed = getattr(sa, name).weight.grad + getattr(sb, name).weight.grad
+        torch.testing.assert_close(getattr(a, name).weight.grad, summed)
+    assert not torch.equal(a.norm.running_mean, b.norm.running_mean)
+    torch.testing.assert_close(a.norm.running_mean, sa.norm.running_mean)
+    torch.testing.assert_close(b.norm.running_mean, sb.norm.running_mean)
+
+
+def test_old_shared_norm_checkpoints_load_into_per_block_norms(resnet18):
+    """Migration: a state dict saved when shared policies also shared their BatchNorm1d
+    lists that norm under every block; loaded now, each block gets a copy, and eval
+    outputs equal the old model's."""
+    import copy
+
+    old = af.patch_model(copy.deepcopy(resnet18), num_segments=2, share_policy=True)
+    first = old.layer1[0].adafuse.policy_net
+    old.layer1[1].adafuse.policy_net.norm = first.norm  # the old layout: one shared norm
+    with torch.no_grad():
+        first.norm.running_mean.normal_()
+        first.norm.weight.uniform_(0.5, 2.0)
+        for _, gate in af.iter_gates(old):
+            gate.policy_net.fc2.weight.normal_()
+    new = af.patch_model(copy.deepcopy(resnet18), num_segments=2, share_policy=True)
+    new.load_state_dict(old.state_dict())
+    old.eval(), new.eval()
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(new(x), old(x))
+    assert new.layer1[1].adafuse.policy_net.norm is not new.layer1[0].adafuse.policy_net.norm
 
 
 def test_save_and_load_only_the_adafuse_weights(resnet18, tmp_path):

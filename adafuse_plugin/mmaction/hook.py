@@ -99,9 +99,9 @@ class AdaFuseHook(Hook):
         set_temperature(self._backbone(runner), tau)
         runner.message_hub.update_scalar("train/tau", tau)
         model = self._model(runner)
-        if self.flops_warmup and hasattr(model, "loss_settings"):
+        if self.flops_warmup and hasattr(model, "settings"):
             factor = self.flops_weight_factor(runner.iter, runner.max_iters)
-            model.flops_loss.weight = model.loss_settings["flops_weight"] * factor
+            model.flops_loss.weight = model.settings["flops_weight"] * factor
             runner.message_hub.update_scalar("train/flops_weight", model.flops_loss.weight)
 
     def after_train_iter(

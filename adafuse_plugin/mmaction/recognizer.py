@@ -7,11 +7,12 @@ Config use (after ``custom_imports=dict(imports=['adafuse_plugin.mmaction'])``):
         backbone=dict(type='ResNetTSM', depth=50, num_segments=8, ...),
         cls_head=dict(type='TSMHead', num_segments=8, ...),
         adafuse=dict(num_segments=8, hidden_quota=196608, share_policy=True,
-                     flops_weight=0.125, flops_mode='upb', normalize=False))
+                     flops_weight=0.125, flops_mode='upb', normalize=False,
+                     tsm_wiring='authors'))
 
-The ``adafuse`` dict holds `AdaFuseConfig` fields plus the FLOPs-loss settings of
-:data:`LOSS_DEFAULTS`. Training adds ``loss_flops`` to the loss dict and logs the
-keep / reuse / skip ratios and the adaptive GFLOPs of the batch; prediction attaches
+The ``adafuse`` dict holds `AdaFuseConfig` fields plus the FLOPs-loss and TSM-wiring
+settings of :data:`SETTING_DEFAULTS`. Training adds ``loss_flops`` to the loss dict and logs
+the keep / reuse / skip ratios and the adaptive GFLOPs of the batch; prediction attaches
 each sample's decision counts for `AdaFuseMetric`.
 """
 
@@ -33,14 +34,23 @@ from ..flops import DecisionCounts, FlopsReport, audit_flops
 from ..gate import ACTIONS, GATE_ATTR
 from ..loss import AdaFuseFlopsLoss
 from ..surgery import collect_decisions, iter_gates, patch_model
+from .tsm import TSM_WIRINGS, check_authors_wiring, wire_downsample_to_shifted_input
 
-#: FLOPs-loss settings accepted in the ``adafuse`` dict next to `AdaFuseConfig` fields.
+#: Recognizer settings accepted in the ``adafuse`` dict next to `AdaFuseConfig` fields.
 #: ``flops_weight`` is lambda; ``flops_mode`` 'real' or 'upb' (paper Eq. 5);
 #: ``normalize`` divides by dense FLOPs (else GFLOPs per clip, like the released
 #: scripts); ``flops_target`` is b of |F - b|; ``input_size`` the frame side that
 #: FLOPs are counted at (224 in the paper).
-LOSS_DEFAULTS: dict[str, Any] = dict(
-    flops_weight=0.1, flops_mode="real", normalize=True, flops_target=0.0, input_size=224
+#: ``tsm_wiring``: where a ResNetTSM backbone's shifted input goes (see
+#: :mod:`adafuse_plugin.mmaction.tsm`): ``'mmaction2'`` (conv1 only) or ``'authors'``
+#: (conv1, the policy's pooling and the downsample shortcut, as in the released models).
+SETTING_DEFAULTS: dict[str, Any] = dict(
+    flops_weight=0.1,
+    flops_mode="real",
+    normalize=True,
+    flops_target=0.0,
+    input_size=224,
+    tsm_wiring="mmaction2",
 )
 
 #: Sample fields set by `AdaFuseRecognizer2D.predict` and read by `AdaFuseMetric`.
@@ -49,12 +59,17 @@ REPORT_FIELD = "adafuse_flops"
 
 
 def split_settings(settings: dict[str, Any] | None) -> tuple[AdaFuseConfig, dict[str, Any]]:
-    """Split an ``adafuse=dict(...)`` section into an `AdaFuseConfig` and loss settings."""
+    """Split an ``adafuse=dict(...)`` section into an `AdaFuseConfig` and the recognizer's
+    own settings (:data:`SETTING_DEFAULTS`)."""
     settings = dict(settings or {})
-    loss = {key: settings.pop(key, default) for key, default in LOSS_DEFAULTS.items()}
+    loss = {key: settings.pop(key, default) for key, default in SETTING_DEFAULTS.items()}
     if loss["flops_mode"] not in ("real", "upb"):
         raise AdaFuseConfigError(
             f"adafuse.flops_mode must be 'real' or 'upb', got {loss['flops_mode']!r}"
+        )
+    if loss["tsm_wiring"] not in TSM_WIRINGS:
+        raise AdaFuseConfigError(
+            f"adafuse.tsm_wiring must be one of {list(TSM_WIRINGS)}, got {loss['tsm_wiring']!r}"
         )
     if not isinstance(loss["input_size"], int) or loss["input_size"] < 1:
         raise AdaFuseConfigError(
@@ -92,7 +107,7 @@ class AdaFuseRecognizer2D(Recognizer2D):
     """Recognizer2D whose backbone is patched with AdaFuse (`patch_model`).
 
     Args:
-        adafuse: `AdaFuseConfig` fields plus the keys of :data:`LOSS_DEFAULTS`.
+        adafuse: `AdaFuseConfig` fields plus the keys of :data:`SETTING_DEFAULTS`.
         Others: as mmaction2's ``Recognizer2D`` (backbone from mmaction2, ``timm.*``
             or ``torchvision.*``).
     """
@@ -107,7 +122,7 @@ class AdaFuseRecognizer2D(Recognizer2D):
         data_preprocessor: dict | None = None,
         adafuse: dict | None = None,
     ) -> None:
-        config, self.loss_settings = split_settings(adafuse)
+        config, self.settings = split_settings(adafuse)
         super().__init__(
             backbone=backbone,
             cls_head=cls_head,
@@ -123,6 +138,15 @@ class AdaFuseRecognizer2D(Recognizer2D):
                     f"adafuse.num_segments={config.num_segments} but {owner}.num_segments="
                     f"{segments}; set both to the frames per clip"
                 )
+        if self.settings["tsm_wiring"] == "authors":
+            shift_div = check_authors_wiring(self.backbone)
+            if config.policy_shift_div not in (None, shift_div):
+                raise AdaFuseConfigError(
+                    f"adafuse.policy_shift_div={config.policy_shift_div} contradicts the "
+                    f"backbone's shift_div={shift_div}; leave it unset with tsm_wiring='authors'"
+                )
+            config = dataclasses.replace(config, policy_shift_div=shift_div)
+            wire_downsample_to_shifted_input(self.backbone)
         patch_model(self.backbone, config)
         self.adafuse_config = config
         self._flops_loss: AdaFuseFlopsLoss | None = None
@@ -131,14 +155,14 @@ class AdaFuseRecognizer2D(Recognizer2D):
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
         """(T, 3, S, S): the clip that FLOPs are counted for."""
-        size = self.loss_settings["input_size"]
+        size = self.settings["input_size"]
         return (self.adafuse_config.num_segments, 3, size, size)
 
     @property
     def flops_loss(self) -> AdaFuseFlopsLoss:
         """The FLOPs loss, built on first use (its dense FLOPs count traces the backbone)."""
         if self._flops_loss is None:
-            s = self.loss_settings
+            s = self.settings
             loss = AdaFuseFlopsLoss(
                 self.backbone,
                 input_shape=self.clip_shape,

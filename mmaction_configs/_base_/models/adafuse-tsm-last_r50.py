@@ -2,6 +2,12 @@
 _base_ = ["adafuse-tsm_r50.py"]
 model = dict(
     adafuse=dict(
-        _delete_=True, num_segments=8, tau=0.67, stages=(-1,), hidden_size=1024, share_policy=False
+        _delete_=True,
+        num_segments=8,
+        tau=0.67,
+        stages=(-1,),
+        hidden_size=1024,
+        share_policy=False,
+        tsm_wiring="authors",
     )
 )
