@@ -16,7 +16,7 @@ from torch import nn
 from .config import AdaFuseConfig
 from .errors import AdaFuseCheckpointError
 from .gate import GATE_ATTR
-from .surgery import get_config, is_patched, iter_gates, patch_model
+from .surgery import get_config, is_patched, iter_gates, patch_model, unpatch_model
 
 CONFIG_FILE = "adafuse_config.json"
 WEIGHTS_FILE = "adafuse_weights.safetensors"
@@ -59,15 +59,27 @@ def load_adafuse(model: nn.Module, directory: str | Path) -> nn.Module:
             raise AdaFuseCheckpointError(
                 f"{directory} has no {name}; was it written by save_adafuse?"
             )
-    config = AdaFuseConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-    if not is_patched(model):
+    try:
+        config = AdaFuseConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+    except (ValueError, TypeError) as err:  # bad JSON, or not a dict of known fields
+        raise AdaFuseCheckpointError(
+            f"{directory / CONFIG_FILE} is not a valid AdaFuse config: {err}"
+        ) from err
+    try:
+        saved = load_file(directory / WEIGHTS_FILE)
+    except Exception as err:  # safetensors raises its own error types on corrupt files
+        raise AdaFuseCheckpointError(
+            f"{directory / WEIGHTS_FILE} cannot be read as safetensors ({err}); is the file "
+            "complete?"
+        ) from err
+    patched_here = not is_patched(model)
+    if patched_here:
         patch_model(model, config)
     elif get_config(model) != config:
         raise AdaFuseCheckpointError(
             f"the model is patched with {get_config(model)} but the checkpoint was saved with "
             f"{config}; unpatch_model(model) first or load into an unpatched model"
         )
-    saved = load_file(directory / WEIGHTS_FILE)
     expected = adafuse_state_dict(model)
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))
@@ -77,6 +89,8 @@ def load_adafuse(model: nn.Module, directory: str | Path) -> nn.Module:
         if saved[k].shape != expected[k].shape
     ]
     if missing or unexpected or wrong_shape:
+        if patched_here:  # leave the model as it was, not with random policy weights
+            unpatch_model(model)
         raise AdaFuseCheckpointError(
             f"AdaFuse checkpoint {directory} does not match the model: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "

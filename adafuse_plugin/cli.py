@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,8 +80,6 @@ def _audit_config(args: argparse.Namespace) -> int:
 def _runner(args: argparse.Namespace) -> object:
     from .mmaction.runner import build_runner, load_config
 
-    if args.allow_unsafe_checkpoints:
-        os.environ["ADAFUSE_ALLOW_UNSAFE_CHECKPOINTS"] = "1"
     cfg = load_config(args.config, _cfg_options(args.cfg_options))
     cfg.work_dir = (
         args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
@@ -101,12 +98,18 @@ def _runner(args: argparse.Namespace) -> object:
 
 
 def _train(args: argparse.Namespace) -> int:
-    _runner(args).train()
+    from .mmaction.compat import unsafe_checkpoints
+
+    with unsafe_checkpoints(args.allow_unsafe_checkpoints):
+        _runner(args).train()
     return 0
 
 
 def _test(args: argparse.Namespace) -> int:
-    metrics = _runner(args).test()
+    from .mmaction.compat import unsafe_checkpoints
+
+    with unsafe_checkpoints(args.allow_unsafe_checkpoints):
+        metrics = _runner(args).test()
     print(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2))
     return 0
 

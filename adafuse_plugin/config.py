@@ -33,6 +33,11 @@ EVAL_DECISIONS: tuple[str, ...] = ("argmax", "gumbel")
 DEFAULT_HIDDEN_SIZE = 256
 
 
+def _is_count(value: object) -> bool:
+    """A positive int that is not a bool (``True`` is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclasses.dataclass
 class AdaFuseConfig:
     """How to patch a 2D backbone with AdaFuse blocks.
@@ -89,7 +94,7 @@ class AdaFuseConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if not isinstance(self.num_segments, int) or self.num_segments < 1:
+        if not _is_count(self.num_segments):
             raise AdaFuseConfigError(
                 f"num_segments must be a positive int, got {self.num_segments!r}"
             )
@@ -101,14 +106,16 @@ class AdaFuseConfig:
             raise AdaFuseConfigError("give hidden_size or hidden_quota, not both")
         for name in ("hidden_size", "hidden_quota"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and not _is_count(value):
                 raise AdaFuseConfigError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.granularity, int) or self.granularity < 1:
+        if not _is_count(self.granularity):
             raise AdaFuseConfigError(
                 f"granularity must be a positive int, got {self.granularity!r}"
             )
-        if not self.tau > 0:
-            raise AdaFuseConfigError(f"tau must be > 0, got {self.tau!r}")
+        if isinstance(self.tau, bool) or not (
+            isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau > 0
+        ):
+            raise AdaFuseConfigError(f"tau must be a finite number > 0, got {self.tau!r}")
         ratios = self.random_ratios
         if len(ratios) != 3 or any(r < 0 for r in ratios) or not math.isclose(sum(ratios), 1.0):
             raise AdaFuseConfigError(

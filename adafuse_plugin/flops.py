@@ -42,6 +42,19 @@ def _flop_count_analysis(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> 
 
 
 @contextlib.contextmanager
+def _reentrant_checkpoints_inlined() -> Iterator[None]:
+    """Run reentrant activation checkpoints as plain calls (fvcore's jit trace cannot
+    enter their autograd Function); under ``torch.no_grad`` the result is the same."""
+    from torch.utils.checkpoint import CheckpointFunction
+
+    CheckpointFunction.apply = staticmethod(lambda function, _preserve, *args: function(*args))
+    try:
+        yield
+    finally:
+        del CheckpointFunction.apply  # the inherited autograd.Function.apply again
+
+
+@contextlib.contextmanager
 def gates_disabled(model: nn.Module) -> Iterator[None]:
     """Run the model as if unpatched (gates pass features through, record nothing)."""
     gates = [gate for _, gate in iter_gates(model)]
@@ -103,6 +116,11 @@ class DecisionCounts:
     def mix(self) -> dict[str, float]:
         """Overall keep / reuse / skip shares over every block, frame and channel."""
         total = sum(t["elements"] for t in self.blocks.values())
+        if not total:
+            raise AdaFuseInputError(
+                "no decisions counted yet: call update() with collect_decisions(model) "
+                "after a forward pass"
+            )
         return {a: sum(t[a] for t in self.blocks.values()) / total for a in ACTIONS}
 
 
@@ -320,7 +338,7 @@ def audit_flops(
     frames = input_shape[0]
     weight = next(model.parameters())
     inputs = torch.zeros(input_shape, device=weight.device, dtype=weight.dtype)
-    with gates_disabled(model), eval_mode(model), torch.no_grad():
+    with gates_disabled(model), eval_mode(model), torch.no_grad(), _reentrant_checkpoints_inlined():
         analysis = _flop_count_analysis(model, (inputs,))
         by_module = analysis.by_module()
         dense = float(analysis.total())

@@ -3,7 +3,8 @@
 A gate lives as the submodule ``adafuse`` of the block it patches and acts through
 two hooks, so no original module is wrapped or renamed:
 
-- a forward pre-hook on the block records ``v_t = GAP(x_t)`` of the block input;
+- a forward pre-hook on the first conv records ``v_t = GAP(x_t)`` of its input, the
+  block input;
 - a forward hook on the first conv stage replaces its output ``y`` with the fused map
   ``keep * y_t + reuse * y_{t-1}`` (skipped channels are zero; ``y_{-1} = 0``).
 
@@ -13,6 +14,8 @@ Decisions are per frame and per group of ``granularity`` channels:
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
 import torch
@@ -91,16 +94,36 @@ def temporal_shift(x: torch.Tensor, shift_div: int) -> torch.Tensor:
     return torch.cat([future, past, x[:, :, 2 * fold :]], dim=2)
 
 
+def _fuse(y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """keep * y_t + reuse * y_{t-1} for (N, T, ...) maps and broadcastable one-hot masks.
+
+    Selected by ``where``, so an inf or NaN in a skipped or unused map stays out of the
+    result (``0 * inf`` would be NaN); with straight-through masks the policy still
+    receives d(loss)/d(mask) = the map, as for the product.
+    """
+    previous = shift_to_previous_frame(y)
+    keep, reuse = masks[..., KEEP].to(y.dtype), masks[..., REUSE].to(y.dtype)
+    fused = torch.where(keep > 0.5, y, 0.0) + torch.where(reuse > 0.5, previous, 0.0)
+    if masks.requires_grad:  # value 0: adds only the masks' straight-through gradient
+        fused = fused + (keep - keep.detach()) * y.detach().nan_to_num(0.0, 0.0, 0.0)
+        fused = fused + (reuse - reuse.detach()) * previous.detach().nan_to_num(0.0, 0.0, 0.0)
+    return fused
+
+
 class AdaFuseGate(nn.Module):
     """Per-block AdaFuse state: its policy (learned or fixed) and the fusion hooks.
 
-    Attributes set by the last forward pass (cleared on copy and pickle):
+    Nothing of a forward pass is kept on the module itself: the pooled input travels
+    from the first conv's pre-hook to the first stage's hook, and the decisions are
+    recorded, in per-thread storage. Concurrent calls from several threads, replicas
+    sharing these hooks, and activation checkpointing (which re-runs the first conv and
+    its stage together) each see their own values.
+
+    Per thread, from that thread's last forward pass:
         last_decisions: (N, T, c') long, 0 keep / 1 reuse / 2 skip per channel.
         last_masks: (N, T, groups, 3) one-hot masks; in training, straight-through
             Gumbel samples that carry gradients to the policy (used by the FLOPs loss).
     """
-
-    _TRANSIENT = ("_pooled", "last_decisions", "last_masks")
 
     def __init__(
         self,
@@ -119,9 +142,15 @@ class AdaFuseGate(nn.Module):
         self.tau = config.tau
         self.enabled = True
         self.policy_net = policy_net
-        self._pooled: torch.Tensor | None = None
-        self.last_decisions: torch.Tensor | None = None
-        self.last_masks: torch.Tensor | None = None
+        self._calls = threading.local()
+
+    @property
+    def last_decisions(self) -> torch.Tensor | None:
+        return getattr(self._calls, "decisions", None)
+
+    @property
+    def last_masks(self) -> torch.Tensor | None:
+        return getattr(self._calls, "masks", None)
 
     def extra_repr(self) -> str:
         return (
@@ -130,14 +159,19 @@ class AdaFuseGate(nn.Module):
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        # Cached activations may be attached to an autograd graph, which cannot be
-        # deep-copied (EMA hooks) or pickled; they are per-forward state anyway.
+        # Per-call values may hang on an autograd graph (not copyable or picklable) and
+        # belong to the calls of this process's threads: a copy starts with none.
         state = super().__getstate__()
-        return {**state, **dict.fromkeys(self._TRANSIENT)}
+        state.pop("_calls", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._calls = threading.local()
 
     # -- hooks -------------------------------------------------------------------
-    def capture_input(self, block: nn.Module, args: tuple[Any, ...]) -> None:
-        """Forward pre-hook on the block: remember GAP of the block input."""
+    def capture_input(self, first_conv: nn.Module, args: tuple[Any, ...]) -> None:
+        """Forward pre-hook on the first conv: GAP of its input, the block input x_t."""
         if not self.enabled:
             return
         x = args[0]
@@ -148,7 +182,15 @@ class AdaFuseGate(nn.Module):
                 f"got {shape}; reshape clips of shape (N, T, C, H, W) with "
                 "x.flatten(0, 1) before calling the backbone"
             )
-        self._pooled = x.mean(dim=(2, 3)) if self.policy_net is not None else None
+        if self.policy_net is None:
+            self._calls.pooled = None
+            return
+        # Inside a reentrant activation checkpoint the forward runs without grad, but x
+        # is attached to the graph: record the policy with grad so the FLOPs loss
+        # reaches it (the recomputation in backward serves the main loss).
+        reentrant = self.training and x.requires_grad and not torch.is_grad_enabled()
+        with torch.enable_grad() if reentrant else contextlib.nullcontext():
+            self._calls.pooled = x.mean(dim=(2, 3))
 
     def fuse(self, stage: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
         """Forward hook on the first conv stage: return the fused feature map."""
@@ -169,19 +211,17 @@ class AdaFuseGate(nn.Module):
                 f"channels but its first stage produced {channels}"
             )
         clips = frames // segments
-        pooled, self._pooled = self._pooled, None
+        pooled = getattr(self._calls, "pooled", None)
+        self._calls.pooled = None
         masks = self._decide(output, pooled, clips)
-        self.last_masks = masks
-        self.last_decisions = (
+        self._calls.masks = masks
+        self._calls.decisions = (
             masks.detach().argmax(dim=-1).repeat_interleave(self.config.granularity, dim=-1)
         )
         if self.config.policy == "keep":
             return output
         y = output.view(clips, segments, self.groups, self.config.granularity, *output.shape[2:])
-        keep = masks[..., KEEP].view(clips, segments, self.groups, 1, 1, 1).to(y.dtype)
-        reuse = masks[..., REUSE].view(clips, segments, self.groups, 1, 1, 1).to(y.dtype)
-        fused = keep * y + reuse * shift_to_previous_frame(y)
-        return fused.view_as(output)
+        return _fuse(y, masks.view(clips, segments, self.groups, 1, 1, 1, 3)).view_as(output)
 
     # -- decisions ---------------------------------------------------------------
     def _decide(self, y: torch.Tensor, pooled: torch.Tensor | None, clips: int) -> torch.Tensor:
@@ -209,10 +249,13 @@ class AdaFuseGate(nn.Module):
     ) -> torch.Tensor:
         if pooled is None:
             raise AdaFuseInputError(
-                f"AdaFuse block {self.block_name!r}: its first stage ran without the "
-                "block's forward (no pooled input recorded); call the block, not its "
-                "submodules"
+                f"AdaFuse block {self.block_name!r}: its first stage ran without its first "
+                "conv (no pooled input recorded); call the block, not its submodules"
             )
+        with torch.enable_grad() if pooled.requires_grad else contextlib.nullcontext():
+            return self._policy_masks(pooled, shape)
+
+    def _policy_masks(self, pooled: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
         pooled = pooled.view(shape[0], shape[1], -1)
         if self.config.policy_shift_div is not None:
             # GAP commutes with the temporal shift: pooling the shifted input (the

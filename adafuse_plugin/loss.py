@@ -23,6 +23,8 @@ def expected_block_flops(
         first_conv, second_conv: dense FLOPs per frame of the two convs.
         mode: "real" (both savings) or "upb" (second-conv saving only).
     """
+    if masks.dtype != torch.float64:  # FLOP counts overflow float16 and lose bfloat16
+        masks = masks.float()
     keep, reuse, skip = masks[..., KEEP], masks[..., REUSE], masks[..., SKIP]
     second = second_conv * (1.0 - skip).mean()
     if mode == "upb":

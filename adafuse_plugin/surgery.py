@@ -165,7 +165,7 @@ def patch_model(
     for site, gate in gates:
         weight = next(site.adapter.first_conv_module(site.block).parameters())
         site.block.add_module(GATE_ATTR, gate.to(device=weight.device, dtype=weight.dtype))
-        site.block.register_forward_pre_hook(gate.capture_input)
+        site.adapter.first_conv_module(site.block).register_forward_pre_hook(gate.capture_input)
         site.adapter.first_stage_module(site.block).register_forward_hook(gate.fuse)
     return model
 
@@ -213,8 +213,7 @@ def set_eval_decisions(model: nn.Module, mode: EvalDecisions) -> None:
 
 def set_temperature(model: nn.Module, tau: float) -> None:
     """Set the Gumbel-softmax temperature of every gate (used in training only)."""
-    if not tau > 0:
-        raise AdaFuseConfigError(f"tau must be > 0, got {tau!r}")
+    dataclasses.replace(get_config(model), tau=tau)  # validates tau
     for _, gate in iter_gates(model):
         gate.tau = float(tau)
 

@@ -18,6 +18,7 @@ pytest.importorskip("mmaction")
 
 import torch  # noqa: E402
 
+from adafuse_plugin import AdaFuseConfigError  # noqa: E402
 from adafuse_plugin.mmaction import apply_compat_fixes, compat  # noqa: E402
 
 MEAN = [123.675, 116.28, 103.53]
@@ -464,3 +465,52 @@ def test_runner_resume_without_force_no_weights_only(runner_checkpoint, tmp_path
     assert (runner.epoch, runner.iter) == (2, 4)
     assert runner.message_hub.get_scalar("train/loss").data[0].shape == (4,)
     assert (tmp_path / "epoch_2.pth").is_file()
+
+
+def test_work_dir_config_is_parsed_not_executed(tmp_path):
+    """A crafted config dump in a work dir runs no code unless the caller opts in."""
+    from adafuse_plugin.mmaction.runner import load_config_dump
+    from adafuse_plugin.mmaction.streaming import load_work_dir
+
+    marker = tmp_path / "pwned"
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    (work_dir / "config.py").write_text(
+        f"model = dict(type='Recognizer2D', depth=-50, tags=['a', ('b', 1.5)], on=True)\n"
+        f"__import__('pathlib').Path({str(marker)!r}).touch()\n"
+    )
+    (work_dir / "epoch_1.pth").write_bytes(b"")
+    with pytest.raises(AdaFuseConfigError, match="only NAME = value assignments"):
+        load_work_dir(work_dir)
+    (work_dir / "config.py").write_text(
+        f"x = __import__('pathlib').Path({str(marker)!r}).touch()\n"
+    )
+    with pytest.raises(AdaFuseConfigError, match="is not a plain value"):
+        load_work_dir(work_dir)
+    assert not marker.exists()
+    load_config_dump(work_dir / "config.py", allow_unsafe=True)  # the explicit opt-in
+    assert marker.exists()
+    plain = tmp_path / "plain.py"
+    plain.write_text("model = dict(type='R', depth=-50, tags=['a', ('b', 1.5)], on=True, n=None)\n")
+    cfg = load_config_dump(plain)
+    assert cfg.model.to_dict() == dict(type="R", depth=-50, tags=["a", ("b", 1.5)], on=True, n=None)
+
+
+def test_unsafe_opt_in_ends_with_its_command(monkeypatch):
+    """`--allow-unsafe-checkpoints` holds while its command runs, not afterwards."""
+    from adafuse_plugin import cli
+    from adafuse_plugin.mmaction.compat import unsafe_checkpoints_allowed
+
+    monkeypatch.delenv("ADAFUSE_ALLOW_UNSAFE_CHECKPOINTS", raising=False)
+    seen = []
+
+    class Runner:
+        def test(self):
+            seen.append(unsafe_checkpoints_allowed())
+            return {}
+
+    monkeypatch.setattr(cli, "_runner", lambda args: Runner())
+    assert cli.main(["test", "config.py", "ckpt.pth", "--allow-unsafe-checkpoints"]) == 0
+    assert seen == [True] and not unsafe_checkpoints_allowed()
+    assert cli.main(["test", "config.py", "ckpt.pth"]) == 0
+    assert seen == [True, False]

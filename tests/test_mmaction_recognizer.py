@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("mmaction")
 
-from adafuse_plugin import AdaFuseConfigError, iter_gates  # noqa: E402
+from adafuse_plugin import AdaFuseConfigError, AdaFuseInputError, iter_gates  # noqa: E402
 from adafuse_plugin.mmaction import AdaFuseHook, AdaFuseMetric  # noqa: E402
 from adafuse_plugin.mmaction.recognizer import COUNTS_FIELD  # noqa: E402
 
@@ -189,3 +189,18 @@ def test_hook_ramps_the_flops_weight_over_its_warmup():
     assert AdaFuseHook().flops_weight_factor(0, 100) == 1.0  # the paper: no warm-up
     with pytest.raises(AdaFuseConfigError, match="flops_warmup must be in"):
         AdaFuseHook(flops_warmup=1.5)
+
+
+def test_clips_of_the_wrong_length_are_an_error_wherever_the_model_runs():
+    """num_segments=4 with 6- or 8-frame clips: fusion would cross videos or split one."""
+    model = recognizer(R18, 512, segments=4)
+    for frames in (6, 8):
+        data = model.data_preprocessor(batch(clips=2, segments=frames), True)
+        with pytest.raises(AdaFuseInputError, match=f"{frames} frames per sample, but adafuse"):
+            model(**data, mode="loss")
+    model.eval()
+    data = model.data_preprocessor(batch(clips=2, segments=6), False)
+    with pytest.raises(AdaFuseInputError, match="or a multiple, one per test view"):
+        model(**data, mode="predict")
+    data = model.data_preprocessor(batch(clips=2, segments=8), False)
+    assert len(model(**data, mode="predict")) == 2  # two test views of 4 frames each

@@ -274,3 +274,45 @@ def test_config_round_trip_and_unknown_fields():
     assert af.AdaFuseConfig.from_dict(config.to_dict()) == config
     with pytest.raises(af.AdaFuseConfigError, match="unknown AdaFuseConfig field"):
         af.AdaFuseConfig.from_dict({"segments": 8})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("num_segments", True),
+        ("hidden_size", True),
+        ("granularity", False),
+        ("tau", float("inf")),
+        ("tau", True),
+        ("tau", float("nan")),
+    ],
+)
+def test_bools_and_non_finite_numbers_are_rejected(field, value):
+    with pytest.raises(af.AdaFuseConfigError, match=field):
+        af.AdaFuseConfig(**{field: value})
+
+
+def test_empty_decision_counts_explain_themselves():
+    with pytest.raises(af.AdaFuseInputError, match="no decisions counted yet"):
+        af.DecisionCounts().mix()
+
+
+def test_corrupt_adapter_files_are_named_and_leave_the_model_unpatched(resnet18, tmp_path):
+    timm = pytest.importorskip("timm")
+    af.patch_model(resnet18, num_segments=2)
+    saved = af.save_adafuse(resnet18, tmp_path / "adapter")
+    fresh = timm.create_model("resnet18", num_classes=5)
+    weights = saved / "adafuse_weights.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(af.AdaFuseCheckpointError, match="adafuse_weights.safetensors cannot"):
+        af.load_adafuse(fresh, saved)
+    weights.write_bytes(intact)
+    config = saved / "adafuse_config.json"
+    config.write_text("{not json")
+    with pytest.raises(af.AdaFuseCheckpointError, match="adafuse_config.json is not a valid"):
+        af.load_adafuse(fresh, saved)
+    config.write_text('{"num_segments": 2, "include": ["layer1.*"]}')  # fewer blocks
+    with pytest.raises(af.AdaFuseCheckpointError, match="does not match the model"):
+        af.load_adafuse(fresh, saved)
+    assert not af.is_patched(fresh)  # no half-loaded random policy left behind

@@ -271,6 +271,22 @@ def unsafe_checkpoints_allowed() -> bool:
     return os.environ.get(ALLOW_UNSAFE_ENV, "").strip().lower() in _TRUE_VALUES
 
 
+@contextlib.contextmanager
+def unsafe_checkpoints(allowed: bool = True) -> Iterator[None]:
+    """Opt in to full unpickling for the duration of a block (one command), then restore
+    the previous setting: an opt-in never outlives the command that asked for it."""
+    previous = os.environ.get(ALLOW_UNSAFE_ENV)
+    if allowed:
+        os.environ[ALLOW_UNSAFE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ALLOW_UNSAFE_ENV, None)
+        else:
+            os.environ[ALLOW_UNSAFE_ENV] = previous
+
+
 def _history_buffer_getattr(obj: Any, name: str) -> Any:
     """Stand-in for ``builtins.getattr`` while unpickling mmengine checkpoints.
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
+import numpy as np
+import torch
 from mmaction.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
@@ -27,6 +30,10 @@ class AdaFuseHook(Hook):
     ``flops_weight`` over that fraction of the run: from scratch (no pretrained
     backbone), an early FLOPs penalty makes the policy skip before it has learnt what
     to fuse.
+    ``reseed_epochs`` reseeds Python, numpy and torch at the start of every epoch from
+    the run's seed plus the epoch (as the authors' training script does): a run resumed
+    from an epoch checkpoint then draws the same Gumbel noise and data order as an
+    uninterrupted one, so resuming is exact (mmengine restores the run's seed on resume).
     Logged scalars: ``train/tau`` and ``train/<block>/keep|reuse|skip`` (every
     ``interval`` iterations); the overall ratios and adaptive GFLOPs of a batch are
     in the loss dict of `AdaFuseRecognizer2D` (``keep_ratio``, ``gflops_adaptive``...).
@@ -38,6 +45,7 @@ class AdaFuseHook(Hook):
         interval: log per-block statistics every this many iterations.
         flops_warmup: fraction of the run over which the FLOPs-loss weight ramps up
             (0 = full weight from the first iteration, the paper's setting).
+        reseed_epochs: reseed every random generator at each epoch start (exact resume).
     """
 
     priority = "NORMAL"
@@ -49,6 +57,7 @@ class AdaFuseHook(Hook):
         schedule: str = "constant",
         interval: int = 1,
         flops_warmup: float = 0.0,
+        reseed_epochs: bool = True,
     ) -> None:
         if schedule not in SCHEDULES:
             raise AdaFuseConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -63,6 +72,14 @@ class AdaFuseHook(Hook):
             raise AdaFuseConfigError(f"flops_warmup must be in [0, 1], got {flops_warmup!r}")
         self.tau, self.tau_end, self.schedule, self.interval = tau, tau_end, schedule, interval
         self.flops_warmup = flops_warmup
+        self.reseed_epochs = reseed_epochs
+
+    def before_train_epoch(self, runner: Any) -> None:
+        if self.reseed_epochs:
+            seed = runner.seed + runner.epoch  # runner.seed already differs per rank if asked
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)  # CUDA generators too
 
     def temperature(self, iteration: int, max_iters: int) -> float:
         """The temperature at ``iteration`` of ``max_iters``."""

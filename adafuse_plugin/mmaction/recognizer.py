@@ -29,7 +29,7 @@ from mmaction.registry import MODELS
 from torch import nn
 
 from ..config import AdaFuseConfig
-from ..errors import AdaFuseConfigError
+from ..errors import AdaFuseConfigError, AdaFuseInputError
 from ..flops import DecisionCounts, FlopsReport, audit_flops
 from ..gate import ACTIONS, GATE_ATTR
 from ..loss import AdaFuseFlopsLoss
@@ -196,8 +196,24 @@ class AdaFuseRecognizer2D(Recognizer2D):
                 gate.policy_net.requires_grad_(True)
         return self
 
+    def _check_frames(self, inputs: torch.Tensor, views_allowed: bool) -> None:
+        """Clips must hold num_segments frames (or, at test time, whole views of them):
+        otherwise AdaFuse's clips would straddle two videos or split one."""
+        segments = self.adafuse_config.num_segments
+        frames = inputs.shape[1] if inputs.dim() == 5 else None
+        if frames == segments or (views_allowed and frames and frames % segments == 0):
+            return
+        shape = tuple(inputs.shape)
+        raise AdaFuseInputError(
+            f"AdaFuseRecognizer2D got inputs of shape {shape}: {frames} frames per sample, "
+            f"but adafuse.num_segments={segments}"
+            + (" (or a multiple, one per test view)" if views_allowed else "")
+            + "; make clip_len * num_clips of the pipeline's SampleFrames equal num_segments"
+        )
+
     def loss(self, inputs: torch.Tensor, data_samples: list, **kwargs: Any) -> dict:
         """Recognizer2D losses plus ``loss_flops`` and the batch's policy statistics."""
+        self._check_frames(inputs, views_allowed=False)
         losses = super().loss(inputs, data_samples, **kwargs)
         flops_loss = self.flops_loss
         losses["loss_flops"] = flops_loss()
@@ -211,6 +227,7 @@ class AdaFuseRecognizer2D(Recognizer2D):
 
     def predict(self, inputs: torch.Tensor, data_samples: list, **kwargs: Any) -> list:
         """Recognizer2D predictions, each with its decision counts and the FLOPs table."""
+        self._check_frames(inputs, views_allowed=True)
         samples = super().predict(inputs, data_samples, **kwargs)
         report = self.flops_report()
         decisions = collect_decisions(self.backbone)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,65 @@ def load_config(path: str | os.PathLike, options: dict | None = None) -> Any:
     if options:
         cfg.merge_from_dict(options)
     return cfg
+
+
+def _plain_value(node: ast.expr, path: Path) -> Any:
+    """The value of a literal, ``dict(k=...)``, list, tuple or dict expression; anything
+    else (calls, names, attribute access) is refused, so nothing is executed."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_plain_value(node.operand, path)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_plain_value(item, path) for item in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {
+            _plain_value(k, path): _plain_value(v, path)  # type: ignore[arg-type]
+            for k, v in zip(node.keys, node.values)
+        }
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "dict"
+        and not node.args
+        and all(kw.arg is not None for kw in node.keywords)
+    ):
+        return {kw.arg: _plain_value(kw.value, path) for kw in node.keywords}
+    raise AdaFuseConfigError(
+        f"{path}:{node.lineno}: {ast.unparse(node)[:80]!r} is not a plain value; a config "
+        "dump holds only literals and dict(...), so this file was edited or is not one. "
+        "Pass allow_unsafe=True (--allow-unsafe-checkpoints) only for a work dir you trust: "
+        "it executes the file."
+    )
+
+
+def load_config_dump(path: str | os.PathLike, allow_unsafe: bool = False) -> Any:
+    """The config mmengine dumped into a work dir, read without executing it.
+
+    ``Config.fromfile`` runs a ``.py`` config as Python; a dump is plain assignments of
+    literals, so it is parsed instead. ``allow_unsafe=True`` falls back to
+    ``Config.fromfile`` (trusted folders only).
+    """
+    path = Path(path)
+    if allow_unsafe:
+        return load_config(path)
+    apply_compat_fixes()
+    from mmengine.config import Config
+
+    values = {}
+    for statement in ast.parse(path.read_text(), filename=str(path)).body:
+        if not (
+            isinstance(statement, ast.Assign)
+            and len(statement.targets) == 1
+            and isinstance(statement.targets[0], ast.Name)
+        ):
+            raise AdaFuseConfigError(
+                f"{path}:{statement.lineno}: only NAME = value assignments are read from a "
+                "config dump; pass allow_unsafe=True for a work dir you trust"
+            )
+        values[statement.targets[0].id] = _plain_value(statement.value, path)
+    return Config(values, filename=str(path))
 
 
 def _adafuse_segments(cfg: Any) -> int | None:
@@ -86,6 +146,24 @@ def setup_cpu_distributed(cfg: Any) -> None:
     )
 
 
+def _seed_from_resumed_checkpoint(cfg: Any) -> None:
+    """When resuming without an explicit seed, use the checkpoint's before the Runner is
+    built: mmengine restores it only after the dataloaders have drawn their sampler seeds,
+    so the resumed run would otherwise see another data order."""
+    from mmengine.runner import find_latest_checkpoint
+
+    randomness = dict(cfg.get("randomness") or {})
+    if not cfg.get("resume") or randomness.get("seed") is not None:
+        return
+    path = cfg.get("load_from") or find_latest_checkpoint(cfg.work_dir)
+    if path and Path(path).is_file():
+        from .compat import safe_load_checkpoint
+
+        seed = safe_load_checkpoint(path).get("meta", {}).get("seed")
+        if seed is not None:
+            cfg.randomness = dict(randomness, seed=seed)
+
+
 def build_runner(cfg: Any, launcher: str = "none") -> Any:
     """An mmengine Runner for ``cfg`` with the plugin loaded and the config validated."""
     import torch
@@ -95,6 +173,7 @@ def build_runner(cfg: Any, launcher: str = "none") -> Any:
     import adafuse_plugin.mmaction  # noqa: F401  (registers the components)
 
     validate_config(cfg)
+    _seed_from_resumed_checkpoint(cfg)
     cfg.launcher = launcher
     if launcher != "none" and not torch.cuda.is_available():
         setup_cpu_distributed(cfg)

@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import AdaFuseConfigError
 from ..streaming import StreamingRunner
 from .audit import build_model
-from .runner import load_config
+from .runner import load_config_dump
 
 
 class FrameClassifier(nn.Module):
@@ -34,8 +34,8 @@ class FrameClassifier(nn.Module):
 
 
 def load_work_dir(work_dir: str | Path, allow_unsafe: bool = False) -> tuple[nn.Module, Any]:
-    """(recognizer in eval mode, config) of an mmengine work folder: its config dump and its
-    last ``epoch_*.pth``, loaded safely (weights only) unless ``allow_unsafe``."""
+    """(recognizer in eval mode, config) of an mmengine work folder: its config dump (parsed,
+    never executed) and its last ``epoch_*.pth`` (weights only), unless ``allow_unsafe``."""
     work_dir = Path(work_dir)
     configs = sorted(work_dir.glob("*.py"))
     checkpoints = sorted(work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
@@ -44,7 +44,7 @@ def load_work_dir(work_dir: str | Path, allow_unsafe: bool = False) -> tuple[nn.
             f"{work_dir}: expected one config dump (*.py) and epoch_*.pth checkpoints, found "
             f"{[p.name for p in configs]} and {[p.name for p in checkpoints]}"
         )
-    cfg = load_config(configs[0])
+    cfg = load_config_dump(configs[0], allow_unsafe=allow_unsafe)
     return build_model(cfg, str(checkpoints[-1]), allow_unsafe=allow_unsafe), cfg
 
 
