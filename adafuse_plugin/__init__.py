@@ -22,6 +22,7 @@ from .errors import (
     AdaFuseError,
     AdaFuseInputError,
     AdaFusePatchError,
+    AdaFuseUnpatchedWarning,
 )
 from .flops import BlockFlops, DecisionCounts, FlopsReport, audit_flops, count_decisions
 from .gate import AdaFuseGate, PolicyNet
@@ -31,6 +32,7 @@ from .summary import PatchSummary, summary
 from .surgery import (
     collect_decisions,
     find_blocks,
+    find_unsupported_blocks,
     get_config,
     is_patched,
     iter_gates,
@@ -54,6 +56,7 @@ __all__ = [
     "AdaFuseInputError",
     "AdaFusePatchError",
     "AdaFuseStreamingError",
+    "AdaFuseUnpatchedWarning",
     "BlockAdapter",
     "BlockFlops",
     "DecisionCounts",
@@ -74,6 +77,7 @@ __all__ = [
     "exit_curve",
     "expected_block_flops",
     "find_blocks",
+    "find_unsupported_blocks",
     "get_config",
     "is_patched",
     "iter_gates",

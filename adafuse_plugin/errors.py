@@ -19,3 +19,7 @@ class AdaFuseInputError(AdaFuseError):
 
 class AdaFuseCheckpointError(AdaFuseError):
     """A checkpoint does not match the patched model."""
+
+
+class AdaFuseUnpatchedWarning(UserWarning):
+    """`patch_model` left residual-like blocks without a gate (no adapter for their class)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import warnings
+from collections import Counter
 from collections.abc import Iterator
 
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 
 from .adapters import BlockAdapter, find_adapter, registered_block_classes
 from .config import LEARNED_POLICIES, AdaFuseConfig, EvalDecisions
-from .errors import AdaFuseConfigError, AdaFusePatchError
+from .errors import AdaFuseConfigError, AdaFusePatchError, AdaFuseUnpatchedWarning
 from .gate import GATE_ATTR, AdaFuseGate, PolicyNet
 
 
@@ -91,6 +93,32 @@ def get_config(model: nn.Module) -> AdaFuseConfig:
     return gate.config
 
 
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def find_unsupported_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Residual-like blocks `patch_model` cannot patch: the outermost modules holding two or
+    more convs, in a stage container, that no adapter covers (neither they, nor a module
+    around or inside them, is a supported block)."""
+    sites = [site.name for site in find_blocks(model)]
+
+    def related(name: str) -> bool:
+        return any(name == s or name.startswith(s + ".") or s.startswith(name + ".") for s in sites)
+
+    parents = {name: module for name, module in model.named_modules()}
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not name or isinstance(module, _CONTAINERS) or related(name):
+            continue
+        if any(name.startswith(f + ".") for f, _ in found):
+            continue
+        parent = parents[name.rpartition(".")[0]]
+        convs = sum(isinstance(m, nn.Conv2d) for m in module.modules())
+        if convs >= 2 and isinstance(parent, _CONTAINERS):
+            found.append((name, module))
+    return found
+
+
 def _describe_candidates(model: nn.Module) -> str:
     """Classes of non-container submodules holding two or more convs: likely blocks."""
     names = []
@@ -103,15 +131,23 @@ def _describe_candidates(model: nn.Module) -> str:
 
 
 def patch_model(
-    model: nn.Module, config: AdaFuseConfig | None = None, **overrides: object
+    model: nn.Module,
+    config: AdaFuseConfig | None = None,
+    *,
+    strict: bool = False,
+    **overrides: object,
 ) -> nn.Module:
     """Insert an AdaFuse gate into every selected residual block, in place.
+
+    Residual-like blocks no adapter covers (`find_unsupported_blocks`) are named, by
+    class, in an `AdaFuseUnpatchedWarning`; with ``strict=True`` they are an error.
 
     Args:
         model: a 2D backbone or a whole classifier (timm, torchvision, mmaction2, or a
             model whose blocks have a registered adapter).
         config: the patch configuration; keyword ``overrides`` build or update it
             (``patch_model(m, num_segments=8)``).
+        strict: refuse to patch a model with residual-like blocks it would leave alone.
 
     Returns:
         The same model object, patched. Original parameter and buffer names are kept.
@@ -135,6 +171,7 @@ def patch_model(
             f"first_conv=..., second_conv=...). Supported: {len(registered_block_classes())} "
             "classes (adafuse_plugin.registered_block_classes())."
         )
+    _report_unsupported(model, strict)
     selected = _select(sites, config)
     shared: dict[tuple[int, int], tuple[nn.Linear, nn.Linear]] = {}
     gates = []
@@ -168,6 +205,23 @@ def patch_model(
         site.adapter.first_conv_module(site.block).register_forward_pre_hook(gate.capture_input)
         site.adapter.first_stage_module(site.block).register_forward_hook(gate.fuse)
     return model
+
+
+def _report_unsupported(model: nn.Module, strict: bool) -> None:
+    left = find_unsupported_blocks(model)
+    if not left:
+        return
+    classes = Counter(type(m).__qualname__ for _, m in left)
+    listed = ", ".join(f"{name} x {count}" for name, count in classes.most_common())
+    message = (
+        f"{len(left)} residual-like block(s) of {type(model).__name__} have no adapter and get "
+        f"no AdaFuse gate: {listed} (e.g. {left[0][0]!r}). Register them with "
+        "adafuse_plugin.register_block_adapter(BlockClass, first_stage=..., first_conv=..., "
+        "second_conv=...) to patch them too."
+    )
+    if strict:
+        raise AdaFusePatchError(message + " (strict=True)")
+    warnings.warn(message, AdaFuseUnpatchedWarning, stacklevel=3)
 
 
 def _drop_hooks(hooks: dict, gate: AdaFuseGate, module: nn.Module) -> None:

@@ -316,3 +316,22 @@ def test_corrupt_adapter_files_are_named_and_leave_the_model_unpatched(resnet18,
     with pytest.raises(af.AdaFuseCheckpointError, match="does not match the model"):
         af.load_adafuse(fresh, saved)
     assert not af.is_patched(fresh)  # no half-loaded random policy left behind
+
+
+def test_blocks_left_alone_are_reported_and_strict_refuses_them():
+    """mobilenetv4: 1 of 22 blocks has an adapter; the 21 others are named, not hidden."""
+    import warnings
+
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("mobilenetv4_conv_medium", num_classes=5)
+    left = af.find_unsupported_blocks(model)
+    assert len(left) == 21 and {type(m).__name__ for _, m in left} == {"UniversalInvertedResidual"}
+    with pytest.raises(af.AdaFusePatchError, match=r"UniversalInvertedResidual x 21.*strict"):
+        af.patch_model(model, num_segments=2, strict=True)
+    assert not af.is_patched(model)
+    with pytest.warns(af.AdaFuseUnpatchedWarning, match="21 residual-like block"):
+        af.patch_model(model, num_segments=2)
+    resnet = timm.create_model("resnet18", num_classes=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", af.AdaFuseUnpatchedWarning)
+        af.patch_model(resnet, num_segments=2, strict=True)  # every block supported

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from mmaction.models.recognizers import Recognizer2D
 from mmaction.registry import MODELS
+from mmengine.logging import print_log
 from torch import nn
 
 from ..config import AdaFuseConfig
-from ..errors import AdaFuseConfigError, AdaFuseInputError
+from ..errors import AdaFuseConfigError, AdaFuseInputError, AdaFuseUnpatchedWarning
 from ..flops import DecisionCounts, FlopsReport, audit_flops
 from ..gate import ACTIONS, GATE_ATTR
 from ..loss import AdaFuseFlopsLoss
@@ -147,7 +150,11 @@ class AdaFuseRecognizer2D(Recognizer2D):
                 )
             config = dataclasses.replace(config, policy_shift_div=shift_div)
             wire_downsample_to_shifted_input(self.backbone)
-        patch_model(self.backbone, config)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AdaFuseUnpatchedWarning)
+            patch_model(self.backbone, config)
+        for warning in caught:  # into mmengine's log (and the console), not only Python's
+            print_log(str(warning.message), logger="current", level=logging.WARNING)
         self.adafuse_config = config
         self._flops_loss: AdaFuseFlopsLoss | None = None
         self._static_report: FlopsReport | None = None
