@@ -76,32 +76,48 @@ class PolicyNet(nn.Module):
     def forward(self, pooled_prev: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """(F, c) pooled features of frames t-1 and t -> (F, groups, 3) logits."""
         hidden = F.relu(self.norm(self.fc1(torch.cat([pooled_prev, pooled], dim=1))))
-        return self.fc2(hidden).view(-1, self.groups, 3)
+        return self.fc2(hidden).unflatten(1, (self.groups, 3))
 
 
-def shift_to_previous_frame(x: torch.Tensor) -> torch.Tensor:
-    """(N, T, ...) -> the same with frame t holding frame t-1 and zeros at t = 0."""
-    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+def _frame_index(x: torch.Tensor, segments: int) -> torch.Tensor:
+    """Index within its clip of each row of an (N*T, ...) tensor, shaped to broadcast."""
+    index = torch.arange(x.shape[0], device=x.device) % segments
+    return index.view(-1, *([1] * (x.dim() - 1)))
 
 
-def temporal_shift(x: torch.Tensor, shift_div: int) -> torch.Tensor:
-    """TSM's shift on (N, T, C, ...): the first C // shift_div channels of frame t take
-    frame t+1's, the next C // shift_div take frame t-1's (zeros at the clip ends)."""
-    fold = x.shape[2] // shift_div
-    future = x[:, :, :fold]
-    future = torch.cat([future[:, 1:], torch.zeros_like(future[:, :1])], dim=1)
-    past = shift_to_previous_frame(x[:, :, fold : 2 * fold])
-    return torch.cat([future, past, x[:, :, 2 * fold :]], dim=2)
+def shift_to_previous_frame(x: torch.Tensor, segments: int) -> torch.Tensor:
+    """(N*T, ...) clips, frame index fastest -> frame t holds frame t-1, zeros at t = 0.
+
+    Works on the flat layout: splitting N*T into (N, T) makes symbolic shapes (torch.export
+    with a dynamic batch) grow with every block, as N*T // T // ... never simplifies.
+    """
+    shifted = torch.cat([torch.zeros_like(x[:1]), x[:-1]])
+    return torch.where(_frame_index(x, segments) == 0, 0.0, shifted)
 
 
-def _fuse(y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """keep * y_t + reuse * y_{t-1} for (N, T, ...) maps and broadcastable one-hot masks.
+def shift_to_next_frame(x: torch.Tensor, segments: int) -> torch.Tensor:
+    """(N*T, ...) clips -> frame t holds frame t+1, zeros at the last frame of each clip."""
+    shifted = torch.cat([x[1:], torch.zeros_like(x[:1])])
+    return torch.where(_frame_index(x, segments) == segments - 1, 0.0, shifted)
+
+
+def temporal_shift(x: torch.Tensor, segments: int, shift_div: int) -> torch.Tensor:
+    """TSM's shift on (N*T, C, ...) clips: the first C // shift_div channels of frame t
+    take frame t+1's, the next C // shift_div take frame t-1's (zeros at the clip ends)."""
+    fold = x.shape[1] // shift_div
+    future = shift_to_next_frame(x[:, :fold], segments)
+    past = shift_to_previous_frame(x[:, fold : 2 * fold], segments)
+    return torch.cat([future, past, x[:, 2 * fold :]], dim=1)
+
+
+def _fuse(y: torch.Tensor, masks: torch.Tensor, segments: int) -> torch.Tensor:
+    """keep * y_t + reuse * y_{t-1} for (N*T, ...) maps and broadcastable one-hot masks.
 
     Selected by ``where``, so an inf or NaN in a skipped or unused map stays out of the
     result (``0 * inf`` would be NaN); with straight-through masks the policy still
     receives d(loss)/d(mask) = the map, as for the product.
     """
-    previous = shift_to_previous_frame(y)
+    previous = shift_to_previous_frame(y, segments)
     keep, reuse = masks[..., KEEP].to(y.dtype), masks[..., REUSE].to(y.dtype)
     fused = torch.where(keep > 0.5, y, 0.0) + torch.where(reuse > 0.5, previous, 0.0)
     if masks.requires_grad:  # value 0: adds only the masks' straight-through gradient
@@ -210,23 +226,27 @@ class AdaFuseGate(nn.Module):
                 f"AdaFuse block {self.block_name!r} was built for {self.out_channels} "
                 f"channels but its first stage produced {channels}"
             )
-        clips = frames // segments
         pooled = getattr(self._calls, "pooled", None)
         self._calls.pooled = None
-        masks = self._decide(output, pooled, clips)
-        self._calls.masks = masks
+        masks = self._decide(output, pooled)  # (N*T, groups, 3)
+        # The view keeps the masks' graph also in a reentrant checkpoint's no-grad forward.
+        with torch.enable_grad() if masks.requires_grad else contextlib.nullcontext():
+            self._calls.masks = masks.unflatten(0, (-1, segments))
         self._calls.decisions = (
-            masks.detach().argmax(dim=-1).repeat_interleave(self.config.granularity, dim=-1)
+            self._calls.masks.detach()
+            .argmax(dim=-1)
+            .repeat_interleave(self.config.granularity, dim=-1)
         )
         if self.config.policy == "keep":
             return output
-        y = output.view(clips, segments, self.groups, self.config.granularity, *output.shape[2:])
-        return _fuse(y, masks.view(clips, segments, self.groups, 1, 1, 1, 3)).view_as(output)
+        y = output.unflatten(1, (self.groups, self.config.granularity))
+        fused = _fuse(y, masks[:, :, None, None, None, :], segments)
+        return fused.flatten(1, 2)
 
     # -- decisions ---------------------------------------------------------------
-    def _decide(self, y: torch.Tensor, pooled: torch.Tensor | None, clips: int) -> torch.Tensor:
-        """(N, T, groups, 3) one-hot masks for the configured policy."""
-        shape = (clips, self.config.num_segments, self.groups)
+    def _decide(self, y: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
+        """(N*T, groups, 3) one-hot masks for the configured policy."""
+        shape = (y.shape[0], self.groups)
         policy = self.config.policy
         if policy in LEARNED_POLICIES:
             return self._learned_masks(pooled, shape)
@@ -244,9 +264,7 @@ class AdaFuseGate(nn.Module):
             actions.scatter_(-1, top, KEEP)
         return F.one_hot(actions, 3).to(y.dtype)
 
-    def _learned_masks(
-        self, pooled: torch.Tensor | None, shape: tuple[int, int, int]
-    ) -> torch.Tensor:
+    def _learned_masks(self, pooled: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         if pooled is None:
             raise AdaFuseInputError(
                 f"AdaFuse block {self.block_name!r}: its first stage ran without its first "
@@ -255,15 +273,13 @@ class AdaFuseGate(nn.Module):
         with torch.enable_grad() if pooled.requires_grad else contextlib.nullcontext():
             return self._policy_masks(pooled, shape)
 
-    def _policy_masks(self, pooled: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-        pooled = pooled.view(shape[0], shape[1], -1)
+    def _policy_masks(self, pooled: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        segments = self.config.num_segments
         if self.config.policy_shift_div is not None:
             # GAP commutes with the temporal shift: pooling the shifted input (the
             # authors' AdaFuse-TSM) equals shifting the pooled one.
-            pooled = temporal_shift(pooled, self.config.policy_shift_div)
-        logits = self.policy_net(
-            shift_to_previous_frame(pooled).flatten(0, 1), pooled.flatten(0, 1)
-        ).view(*shape, 3)
+            pooled = temporal_shift(pooled, segments, self.config.policy_shift_div)
+        logits = self.policy_net(shift_to_previous_frame(pooled, segments), pooled)
         forbidden = FORBIDDEN_ACTIONS[self.config.policy]
         if forbidden:
             mask = torch.zeros(3, dtype=torch.bool, device=logits.device)

@@ -49,8 +49,7 @@ class _ShiftInput:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x: torch.Tensor = args[0]
-        clips = x.view(-1, self.num_segments, *x.shape[1:])
-        return (temporal_shift(clips, self.shift_div).view_as(x), *args[1:])
+        return (temporal_shift(x, self.num_segments, self.shift_div), *args[1:])
 
 
 def wire_downsample_to_shifted_input(backbone: nn.Module) -> int:
