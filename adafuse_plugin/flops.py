@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import AdaFuseInputError, AdaFusePatchError
 from .gate import ACTIONS, KEEP, REUSE, SKIP, AdaFuseGate
-from .surgery import collect_decisions, find_blocks, iter_gates
+from .surgery import collect_decisions, find_blocks, find_unsupported_blocks, iter_gates
 
 
 def _flop_count_analysis(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
@@ -174,6 +174,13 @@ class FlopsReport:
     clips_seen: int = 0
     mix: dict[str, float] | None = None
     unsupported_ops: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Per-frame dense FLOPs of residual-like blocks left without a gate (no adapter).
+    unpatched: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def unpatched_share(self) -> float:
+        """Share of dense FLOPs in residual-like blocks AdaFuse leaves alone."""
+        return self.frames * sum(self.unpatched.values()) / self.dense if self.dense else 0.0
 
     @property
     def has_decisions(self) -> bool:
@@ -228,6 +235,11 @@ class FlopsReport:
         lines.append(f"frames per count      {self.frames}")
         lines.append(f"dense GFLOPs          {self.dense / 1e9:.3f}")
         lines.append(f"policy GFLOPs         {self.policy / 1e9:.4f}")
+        if self.unpatched:
+            lines.append(
+                f"blocks without a gate {len(self.unpatched)}, {self.unpatched_share:.1%} of "
+                "dense FLOPs (no adapter for their class; see find_unsupported_blocks)"
+            )
         if self.has_decisions:
             lines.append(
                 f"adaptive GFLOPs real  {self.adaptive / 1e9:.3f}  (saving {self.saving:.1%})"
@@ -371,4 +383,19 @@ def audit_flops(
         clips_seen=decisions.clips if decisions is not None else 0,
         mix=decisions.mix() if decisions is not None else None,
         unsupported_ops=unsupported,
+        unpatched={n: by_module[n] / frames for n, _ in find_unsupported_blocks(model)},
     )
+
+
+def dense_share(model: nn.Module, names: Iterable[str], image_size: int = 224) -> float:
+    """Share of one frame's dense FLOPs (fvcore, ``image_size`` square) in the named
+    submodules, e.g. the blocks `patch_model` leaves alone."""
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    weight = stem.weight
+    inputs = torch.zeros(
+        1, stem.in_channels, image_size, image_size, device=weight.device, dtype=weight.dtype
+    )
+    with gates_disabled(model), eval_mode(model), torch.no_grad(), _reentrant_checkpoints_inlined():
+        analysis = _flop_count_analysis(model, (inputs,))
+        by_module = analysis.by_module()
+        return sum(by_module[name] for name in names) / float(analysis.total())

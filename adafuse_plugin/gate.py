@@ -110,16 +110,26 @@ def temporal_shift(x: torch.Tensor, segments: int, shift_div: int) -> torch.Tens
     return torch.cat([future, past, x[:, 2 * fold :]], dim=1)
 
 
+def _one_hot(actions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot masks (..., 3) of actions; unlike F.one_hot, no device sync (it validates
+    the values on the host), which cost a sync per block and call on a GPU."""
+    return (actions.unsqueeze(-1) == torch.arange(3, device=actions.device)).to(dtype)
+
+
 def _fuse(y: torch.Tensor, masks: torch.Tensor, segments: int) -> torch.Tensor:
     """keep * y_t + reuse * y_{t-1} for (N*T, ...) maps and broadcastable one-hot masks.
 
     Selected by ``where``, so an inf or NaN in a skipped or unused map stays out of the
     result (``0 * inf`` would be NaN); with straight-through masks the policy still
-    receives d(loss)/d(mask) = the map, as for the product.
+    receives d(loss)/d(mask) = the map, as for the product. Frame t-1 is read from the
+    map rolled by one frame, the first frame of each clip (no history: y_{-1} = 0)
+    masked on the small masks, not the map: three passes over the map in all.
     """
-    previous = shift_to_previous_frame(y, segments)
-    keep, reuse = masks[..., KEEP].to(y.dtype), masks[..., REUSE].to(y.dtype)
-    fused = torch.where(keep > 0.5, y, 0.0) + torch.where(reuse > 0.5, previous, 0.0)
+    has_history = _frame_index(masks, segments) > 0
+    keep = masks[..., KEEP].to(y.dtype)
+    reuse = masks[..., REUSE].to(y.dtype) * has_history[..., 0]
+    previous = y.roll(1, dims=0)
+    fused = torch.where(keep > 0.5, y, torch.where(reuse > 0.5, previous, 0.0))
     if masks.requires_grad:  # value 0: adds only the masks' straight-through gradient
         fused = fused + (keep - keep.detach()) * y.detach().nan_to_num(0.0, 0.0, 0.0)
         fused = fused + (reuse - reuse.detach()) * previous.detach().nan_to_num(0.0, 0.0, 0.0)
@@ -186,6 +196,42 @@ class AdaFuseGate(nn.Module):
         self._calls = threading.local()
 
     # -- hooks -------------------------------------------------------------------
+    def check_model_input(self, stem: nn.Module, args: tuple[Any, ...]) -> None:
+        """Forward pre-hook on the model's first conv: refuse a batch AdaFuse cannot
+        split into clips before any work is done, with the fix in the message."""
+        if not self.enabled or not args or not isinstance(args[0], torch.Tensor):
+            return
+        x, segments = args[0], self.config.num_segments
+        layout = f"(N*T, C, H, W) frames, N clips of num_segments={segments} frames"
+        if x.dim() == 5:
+            raise AdaFuseInputError(
+                f"the patched model got a 5-D input {tuple(x.shape)}; it takes {layout}: "
+                "call it on clips.flatten(0, 1) (frame index fastest)"
+            )
+        if x.dim() != 4:
+            raise AdaFuseInputError(
+                f"the patched model got a {x.dim()}-D input {tuple(x.shape)}; it takes "
+                f"{layout} (a single image has no frames to fuse)"
+            )
+        frames = x.shape[0]
+        if frames == 0:
+            raise AdaFuseInputError(
+                f"the patched model got an empty batch {tuple(x.shape)}; pass at least "
+                f"one clip of {segments} frames"
+            )
+        if frames % segments:
+            raise AdaFuseInputError(
+                f"the patched model got {frames} frames, not divisible by "
+                f"num_segments={segments}; pass {layout}, or patch with the clip length "
+                "you feed"
+            )
+        if self.training and frames == 1 and self.policy_net is not None:
+            raise AdaFuseInputError(
+                "training a learned AdaFuse policy on a batch of 1 frame: its BatchNorm1d "
+                "needs more than one frame; train on clips of num_segments >= 2 frames "
+                "or batches of >= 2 clips"
+            )
+
     def capture_input(self, first_conv: nn.Module, args: tuple[Any, ...]) -> None:
         """Forward pre-hook on the first conv: GAP of its input, the block input x_t."""
         if not self.enabled:
@@ -262,7 +308,7 @@ class AdaFuseGate(nn.Module):
             actions = torch.full(shape, SKIP, device=y.device)
             top = scores.mean(dim=-1).topk(kept, dim=-1).indices
             actions.scatter_(-1, top, KEEP)
-        return F.one_hot(actions, 3).to(y.dtype)
+        return _one_hot(actions, y.dtype)
 
     def _learned_masks(self, pooled: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         if pooled is None:
@@ -290,5 +336,5 @@ class AdaFuseGate(nn.Module):
         if self.config.eval_decisions == "gumbel":
             # argmax(logits + Gumbel noise): the hard sample, independent of tau.
             noise = -torch.empty_like(logits).exponential_().log()
-            return F.one_hot((logits + noise).argmax(dim=-1), 3).to(logits.dtype)
-        return F.one_hot(logits.argmax(dim=-1), 3).to(logits.dtype)
+            return _one_hot((logits + noise).argmax(dim=-1), logits.dtype)
+        return _one_hot(logits.argmax(dim=-1), logits.dtype)

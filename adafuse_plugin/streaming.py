@@ -357,10 +357,11 @@ class _ModeTimer:
             times.append(seconds if mode == _DENSE else seconds / selected)
 
 
-def _channel_index(groups: np.ndarray, size: int) -> torch.Tensor:
-    """Channel indices of channel groups (``size`` channels each), in the groups' order."""
+def _channel_index(groups: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """Channel indices of channel groups (``size`` channels each), in the groups' order,
+    on ``device`` (index_select / index_copy_ need the index beside the data)."""
     index = (groups[:, None] * size + np.arange(size)[None, :]).reshape(-1)
-    return torch.from_numpy(index)
+    return torch.from_numpy(index).to(device, non_blocking=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,7 +380,7 @@ class _Part:
         if len(self.wanted) == len(self.held):
             return self.tensor
         positions = np.searchsorted(self.held, self.wanted)
-        return self.tensor.index_select(1, _channel_index(positions, size))
+        return self.tensor.index_select(1, _channel_index(positions, size, self.tensor.device))
 
     def groups(self, size: int) -> list[tuple[int, torch.Tensor]]:
         """(group id, view of its channels) for every wanted group: no copy."""
@@ -452,7 +453,7 @@ class _GroupedConv:
                     return mode, None
             elif per_group:
                 return _PER_GROUP, None
-        index = _channel_index(order, self.size)
+        index = _channel_index(order, self.size, self.conv.weight.device)
         conv = self.conv.select_outputs(index) if self.outputs else self.conv.select_inputs(index)
         return _PACK_NOW, self._cache.put(key, conv)
 
@@ -484,7 +485,7 @@ class _GroupedConv:
     def _mask(self, groups: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         """(1, C, 1, 1): 1 on the channels of ``groups``, 0 elsewhere."""
         mask = like.new_zeros(1, self.channels, 1, 1)
-        mask[:, _channel_index(groups, self.size)] = 1.0
+        mask[:, _channel_index(groups, self.size, mask.device)] = 1.0
         return mask
 
     def _dense_input(self, parts: list[_Part]) -> torch.Tensor:
@@ -500,7 +501,9 @@ class _GroupedConv:
             if full is None:
                 shape = (1, self.channels, *part.tensor.shape[2:])
                 full = part.tensor.new_zeros(shape).contiguous(memory_format=_CHANNELS_LAST)
-            full.index_copy_(1, _channel_index(part.wanted, self.size), part.take(self.size))
+            full.index_copy_(
+                1, _channel_index(part.wanted, self.size, full.device), part.take(self.size)
+            )
         if full is None:  # only the zero history
             shape = (1, self.channels, *parts[0].tensor.shape[2:])
             full = parts[0].tensor.new_zeros(shape).contiguous(memory_format=_CHANNELS_LAST)
@@ -573,7 +576,7 @@ class _DepthwiseGroupedConv:
         out = self._constant.expand(out_shape).clone(memory_format=_CHANNELS_LAST)
         if len(order):
             key = order.tobytes()
-            index = _channel_index(order, self.size)
+            index = _channel_index(order, self.size, out.device)
             conv = self._cache.get(key)
             self.mode_counts[_PACK_NOW if conv is None else _PACKED] += 1
             if conv is None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 from torch import nn
 
 from .errors import AdaFusePatchError
-from .surgery import find_blocks, get_config, iter_gates
+from .surgery import find_blocks, find_unsupported_blocks, get_config, iter_gates
 
 
 @dataclasses.dataclass
@@ -20,6 +21,8 @@ class PatchSummary:
     supported_blocks: int
     base_parameters: int
     added_parameters: int
+    #: Residual-like blocks left without a gate (no adapter), counted by class.
+    unsupported: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         header = ("block", "class", "c -> c'", "hidden", "params")
@@ -36,6 +39,12 @@ class PatchSummary:
             f"parameters: {self.base_parameters:,} base + {self.added_parameters:,} AdaFuse "
             f"(+{share:.1%}; shared policy layers counted once)",
         ]
+        if self.unsupported:
+            listed = ", ".join(f"{name} x {count}" for name, count in self.unsupported.items())
+            lines.append(
+                f"left alone: {sum(self.unsupported.values())} residual-like blocks with no "
+                f"adapter ({listed}); audit_flops gives their FLOPs share"
+            )
         return "\n".join(lines)
 
 
@@ -75,4 +84,5 @@ def summary(model: nn.Module) -> PatchSummary:
         supported_blocks=len(find_blocks(model)),
         base_parameters=sum(all_params.values()) - added,
         added_parameters=added,
+        unsupported=dict(Counter(type(m).__qualname__ for _, m in find_unsupported_blocks(model))),
     )

@@ -204,6 +204,8 @@ def patch_model(
         site.block.add_module(GATE_ATTR, gate.to(device=weight.device, dtype=weight.dtype))
         site.adapter.first_conv_module(site.block).register_forward_pre_hook(gate.capture_input)
         site.adapter.first_stage_module(site.block).register_forward_hook(gate.fuse)
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    stem.register_forward_pre_hook(gates[0][1].check_model_input)
     return model
 
 
@@ -213,9 +215,15 @@ def _report_unsupported(model: nn.Module, strict: bool) -> None:
         return
     classes = Counter(type(m).__qualname__ for _, m in left)
     listed = ", ".join(f"{name} x {count}" for name, count in classes.most_common())
+    from .flops import dense_share  # flops builds on this module
+
+    try:
+        share = f"{dense_share(model, [name for name, _ in left]):.0%} of dense FLOPs at 224x224"
+    except Exception:  # noqa: BLE001 - a model fvcore cannot trace with a plain frame
+        share = "FLOPs share: see audit_flops"
     message = (
         f"{len(left)} residual-like block(s) of {type(model).__name__} have no adapter and get "
-        f"no AdaFuse gate: {listed} (e.g. {left[0][0]!r}). Register them with "
+        f"no AdaFuse gate ({share}): {listed} (e.g. {left[0][0]!r}). Register them with "
         "adafuse_plugin.register_block_adapter(BlockClass, first_stage=..., first_conv=..., "
         "second_conv=...) to patch them too."
     )
@@ -237,12 +245,13 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     """Remove every AdaFuse gate and hook, restoring the original module tree in place."""
     if not is_patched(model):
         raise AdaFusePatchError("the model is not patched; nothing to unpatch")
-    for block_name, gate in list(iter_gates(model)):
-        block = model.get_submodule(block_name)
-        for module in block.modules():
+    gates = list(iter_gates(model))
+    for module in model.modules():  # blocks and the first conv (input check)
+        for _, gate in gates:
             _drop_hooks(module._forward_pre_hooks, gate, module)
             _drop_hooks(module._forward_hooks, gate, module)
-        delattr(block, GATE_ATTR)
+    for block_name, _ in gates:
+        delattr(model.get_submodule(block_name), GATE_ATTR)
     return model
 
 

@@ -188,3 +188,32 @@ def test_an_inf_pixel_stays_in_its_frame_under_keep(model):
         out = model(x)
     assert not torch.isfinite(out[0]).all()
     assert torch.isfinite(out[1]).all()
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((2, 2, 3, 32, 32), r"5-D input \(2, 2, 3, 32, 32\).*clips\.flatten\(0, 1\)"),
+        ((3, 32, 32), r"3-D input \(3, 32, 32\).*\(N\*T, C, H, W\)"),
+        ((0, 3, 32, 32), r"empty batch.*at least one clip of 2 frames"),
+        ((3, 3, 32, 32), r"3 frames, not divisible by num_segments=2"),
+    ],
+)
+def test_bad_inputs_are_refused_at_the_model_entry(model, shape, message):
+    """Before the stem runs (whose own error would say nothing about clips)."""
+    stem_calls = []
+    model.conv1.register_forward_hook(lambda *_: stem_calls.append(1))
+    with pytest.raises(af.AdaFuseInputError, match=message):
+        model(torch.randn(shape))
+    assert not stem_calls
+    af.unpatch_model(model)  # the entry check goes with the gates
+    if len(shape) == 4 and shape[0]:
+        model(torch.randn(shape))
+
+
+def test_training_a_policy_on_a_single_frame_names_the_fix():
+    timm = pytest.importorskip("timm")
+    net = af.patch_model(timm.create_model("resnet18", num_classes=5), num_segments=1)
+    with pytest.raises(af.AdaFuseInputError, match="BatchNorm1d.*num_segments >= 2"):
+        net.train()(torch.randn(1, 3, 32, 32))
+    net.eval()(torch.randn(1, 3, 32, 32))  # inference on one frame is fine

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import re
 
 import pytest
 import torch
@@ -199,8 +200,10 @@ def test_mismatched_adafuse_checkpoint_is_refused(resnet18, tmp_path):
 
 def test_batch_not_divisible_by_num_segments(resnet18):
     af.patch_model(resnet18, num_segments=8)
-    with pytest.raises(af.AdaFuseInputError, match=r"'layer1.0'.*12 frames.*num_segments=8"):
+    with pytest.raises(af.AdaFuseInputError, match=r"model got 12 frames.*num_segments=8"):
         resnet18(torch.randn(12, 3, 32, 32))
+    with pytest.raises(af.AdaFuseInputError, match=r"'layer1.0'.*12 frames.*num_segments=8"):
+        resnet18.layer1[0](torch.randn(12, 64, 8, 8))  # a block called on its own
 
 
 def test_wrong_input_rank(resnet18):
@@ -329,8 +332,25 @@ def test_blocks_left_alone_are_reported_and_strict_refuses_them():
     with pytest.raises(af.AdaFusePatchError, match=r"UniversalInvertedResidual x 21.*strict"):
         af.patch_model(model, num_segments=2, strict=True)
     assert not af.is_patched(model)
-    with pytest.warns(af.AdaFuseUnpatchedWarning, match="21 residual-like block"):
+    with pytest.warns(af.AdaFuseUnpatchedWarning, match="21 residual-like block") as caught:
         af.patch_model(model, num_segments=2)
+    assert "left alone: 21 residual-like blocks" in str(af.summary(model))
+    # Their share of dense FLOPs, in the warning and the audit, against torch's own
+    # counter (2 FLOPs per multiply-add, convs and matmuls only: a close, independent count).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = {name for name, _ in left}
+    with torch.no_grad(), af.flops.gates_disabled(model), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(2, 3, 96, 96))
+    counts = counter.get_flop_counts()
+    total = sum(counts["Global"].values())
+    inside = sum(sum(counts[f"MobileNetV3.{n}"].values()) for n in names)
+    report = af.audit_flops(model, input_shape=(2, 3, 96, 96), progress=False)
+    assert report.unpatched.keys() == names
+    assert report.unpatched_share == pytest.approx(inside / total, abs=0.02)
+    assert f"blocks without a gate 21, {report.unpatched_share:.1%}" in report.table()
+    warned = float(re.search(r"\((\d+)% of dense FLOPs", str(caught[0].message)).group(1))
+    assert warned == pytest.approx(100 * inside / total, abs=3)
     resnet = timm.create_model("resnet18", num_classes=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error", af.AdaFuseUnpatchedWarning)

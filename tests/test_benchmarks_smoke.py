@@ -1,0 +1,43 @@
+"""The GPU benchmark's code runs (on the CPU, tiny sizes), so it cannot rot between the
+sessions that have a GPU; its numbers are recorded in docs/gpu.md, never asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_timings_runs_on_the_cpu(tmp_path):
+    pytest.importorskip("timm")
+    output = tmp_path / "table.md"
+    options = "--device cpu --models resnet18 --size 32 --segments 2 --clips 2 --iterations 1 "
+    options += "--train-iterations 1 --warmup 1 --precisions float32"
+    script = str(ROOT / "benchmarks" / "gpu_timings.py")
+    command = [sys.executable, script, *options.split(), "--output", str(output)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = output.read_text()
+    for heading in ("Streaming, batch 1", "Batched clips", "Training step"):
+        assert heading in table
+    assert "| resnet18 | dynamic 40% per channel |" in table
+    assert "| resnet50 | float32 | adafuse |" in table
+
+
+def test_gpu_timings_without_a_gpu_exits_cleanly():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_timings.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "no CUDA device" in done.stdout
