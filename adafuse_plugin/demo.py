@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .synthetic_videos import Family, Phase
+
 SYNTHETIC_CONFIG = "adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py"
 ACTIONS = ("keep", "reuse", "skip")
 
@@ -33,6 +35,9 @@ class Variant:
     backbone: str  # "tsn" (mmaction2 ResNet + TSNHead) or "tsm" (ResNetTSM + TSMHead)
     policy: str  # AdaFuseConfig.policy: "keep" is the plain baseline
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # more AdaFuseConfig fields
+    #: Name of a variant trained before whose weights this one starts from (``load_from``:
+    #: pretrain, then adapt), trained for ``adapt_epochs`` at ``adapt_lr``.
+    init_from: str | None = None
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -64,6 +69,10 @@ class DemoSettings:
     log_interval: int = 10
     seed: int = 0
     quiet: bool = False
+    phase: Phase = "random"  # how the generated actions start (synthetic_videos)
+    family: Family = "motion"  # which generated classes: "motion" or "cycles"
+    adapt_epochs: int = 10  # variants with init_from: fine-tuning epochs
+    adapt_lr: float = 5e-4  # and their peak learning rate
 
 
 QUICK = dict(size="tiny", epochs=2)
@@ -83,9 +92,15 @@ def _set_pipeline(pipeline: list, num_frames: int, frame_size: int) -> None:
 
 
 def build_config(
-    variant: Variant, settings: DemoSettings, data_root: Path, work_dir: Path, num_classes: int
+    variant: Variant,
+    settings: DemoSettings,
+    data_root: Path,
+    work_dir: Path,
+    num_classes: int,
+    load_from: Path | None = None,
 ) -> Any:
-    """The mmengine config of one demo model, derived from the synthetic base config."""
+    """The mmengine config of one demo model, derived from the synthetic base config;
+    ``load_from`` (for a variant with ``init_from``): the checkpoint it adapts."""
     from .mmaction.runner import load_config
 
     path = config_dir() / SYNTHETIC_CONFIG
@@ -93,9 +108,16 @@ def build_config(
     frames, size = settings.num_frames, settings.frame_size
     model = cfg.model
     adafuse = dict(model.adafuse)
-    weight = settings.flops_weight if variant.policy != "keep" else 0.0
-    adafuse.update(num_segments=frames, input_size=size, policy=variant.policy, flops_weight=weight,
-                   hidden_size=settings.hidden_size, **variant.options)  # fmt: skip
+    options = dict(variant.options)
+    weight = options.pop("flops_weight", settings.flops_weight if variant.policy != "keep" else 0.0)
+    adafuse.update(
+        num_segments=frames,
+        input_size=size,
+        policy=variant.policy,
+        flops_weight=weight,
+        hidden_size=settings.hidden_size,
+        **options,
+    )
     model.adafuse = adafuse
     model.cls_head.dropout_ratio = settings.dropout
     if variant.backbone == "tsn":
@@ -122,9 +144,14 @@ def build_config(
     # Test once at the end, on the test split; no validation during training.
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
 
-    epochs = settings.epochs
+    epochs, lr = settings.epochs, settings.lr
+    if variant.init_from is not None:
+        if load_from is None:
+            raise ValueError(f"{variant.name} adapts {variant.init_from}: pass its checkpoint")
+        cfg.load_from = str(load_from)
+        epochs, lr = settings.adapt_epochs, settings.adapt_lr
     cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs)
-    optimizer = dict(lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = dict(lr=lr, weight_decay=settings.weight_decay)
     if settings.optimizer == "adamw":
         cfg.optim_wrapper.optimizer = dict(optimizer, type="AdamW")
     else:
@@ -136,7 +163,7 @@ def build_config(
     cfg.param_scheduler = [
         dict(
             type="OneCycleLR",
-            eta_max=settings.lr,
+            eta_max=lr,
             total_steps=epochs,
             pct_start=settings.warmup,
             by_epoch=True,
@@ -156,6 +183,12 @@ def build_config(
     if settings.quiet:
         cfg.log_level = "WARNING"  # only the progress bar and the table
     return cfg
+
+
+def dataset_root(output_dir: Path, settings: DemoSettings) -> Path:
+    """Where the generated dataset of these settings lives under ``output_dir``."""
+    name = f"synthetic-{settings.family}-{settings.size}-{settings.frame_size}px-{settings.phase}"
+    return Path(output_dir) / "data" / name
 
 
 def _progress_hook(bar: Any, name: str) -> Any:
@@ -191,6 +224,7 @@ def _result(variant: Variant, metrics: dict, params: int, seconds: dict) -> dict
         "policy": variant.policy,
         "top1": m["top1"],
         "top5": m["top5"],
+        "within_pair": m.get("within_pair"),
         "dense_gflops": dense,
         "adaptive_gflops": adaptive,
         "upb_gflops": m["gflops_upb"],
@@ -203,13 +237,22 @@ def _result(variant: Variant, metrics: dict, params: int, seconds: dict) -> dict
 
 
 def train_and_test(
-    variant: Variant, settings: DemoSettings, data_root: Path, work_dir: Path, bar: Any
+    variant: Variant,
+    settings: DemoSettings,
+    data_root: Path,
+    work_dir: Path,
+    bar: Any,
+    load_from: Path | None = None,
 ) -> dict:
-    """Train one model with mmengine's Runner, then test it with ``AdaFuseMetric``."""
-    from .mmaction.runner import build_runner
-    from .synthetic_videos import CLASSES
+    """Train one model with mmengine's Runner, then test it with ``AdaFuseMetric``.
 
-    cfg = build_config(variant, settings, data_root, work_dir, len(CLASSES))
+    The result's ``checkpoint`` is the trained weights (for variants adapting this one).
+    """
+    from .mmaction.runner import build_runner
+    from .synthetic_videos import FAMILIES
+
+    classes = len(FAMILIES[settings.family])
+    cfg = build_config(variant, settings, data_root, work_dir, classes, load_from)
     runner = build_runner(cfg)
     runner.register_hook(_progress_hook(bar, variant.name))
     start = time.perf_counter()
@@ -219,7 +262,8 @@ def train_and_test(
     tested = time.perf_counter()
     params = sum(p.numel() for p in runner.model.parameters())
     seconds = {"train_seconds": trained - start, "test_seconds": tested - trained}
-    return _result(variant, metrics, params, seconds)
+    checkpoint = Path(runner.work_dir) / f"epoch_{runner.max_epochs}.pth"
+    return dict(_result(variant, metrics, params, seconds), checkpoint=str(checkpoint))
 
 
 def format_table(results: list[dict]) -> str:
@@ -269,9 +313,14 @@ def run_demo(
     settings = dataclasses.replace(settings, **{k: v for k, v in given.items() if v is not None})
     output_dir = Path(output_dir)
     start = time.perf_counter()
-    data_root = output_dir / "data" / f"synthetic-{settings.size}-{settings.frame_size}px"
+    data_root = dataset_root(output_dir, settings)
     info = generate_dataset(
-        data_root, size=settings.size, num_frames=16, frame_size=settings.frame_size
+        data_root,
+        size=settings.size,
+        num_frames=16,
+        frame_size=settings.frame_size,
+        phase=settings.phase,
+        family=settings.family,
     )
     steps = math.ceil(info.counts["train"] / settings.batch_size) * settings.epochs
     steps += math.ceil(info.counts["test"] / settings.batch_size)
@@ -283,7 +332,11 @@ def run_demo(
         with tqdm(total=steps * len(VARIANTS), desc="adafuse demo", unit="it") as bar:
             for variant in VARIANTS:
                 work_dir = output_dir / "work_dirs" / variant.name
-                results.append(train_and_test(variant, settings, data_root, work_dir, bar))
+                trained = {r["model"]: Path(r["checkpoint"]) for r in results}
+                load_from = trained[variant.init_from] if variant.init_from else None
+                results.append(
+                    train_and_test(variant, settings, data_root, work_dir, bar, load_from)
+                )
     finally:
         torch.set_num_threads(threads)
 

@@ -7,6 +7,13 @@ Because :func:`sample_spec` draws a partner-class spec as the reverse of a canon
 the unordered set of frames of a class and of its partner are identically distributed: a model
 that ignores frame order (e.g. TSN averaging) cannot tell the two apart, one that models time can.
 
+With ``phase="random"`` (the default) each action also starts at a uniformly random phase
+of a periodic version of itself (the actor wraps around the frame edges, its size and
+opacity ramp and wrap around a range), so the first frame alone is identically distributed
+for a class and its partner too: nothing but the order of the frames tells them apart.
+``phase="fixed"`` keeps version 1's clips, whose first frame gives the class away (moving
+right starts on the left, approaching starts small, ...).
+
 Each clip shows one textured, outlined "actor" object performing the labelled action, on top of
 a static textured background, with 1-3 smaller randomly moving distractor objects, a global
 lighting drift and per-frame Gaussian pixel noise.
@@ -18,17 +25,22 @@ lists (``videos/<split>/<name>.mp4 <label>``, paths relative to the dataset root
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import json
 import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 __all__ = [
     "CLASSES",
+    "CYCLE_CLASSES",
+    "FAMILIES",
+    "PHASES",
     "SIZES",
     "ClipSpec",
     "DatasetInfo",
@@ -56,6 +68,23 @@ CLASSES: tuple[str, ...] = (
     "disappearing",
 )
 
+# A second, independently designed family: cyclic changes, each periodic, so every clip
+# starts at a random phase of its cycle whatever ``phase`` says.
+CYCLE_CLASSES: tuple[str, ...] = (
+    "orbiting_clockwise",
+    "orbiting_anticlockwise",
+    "hue_rising",
+    "hue_falling",
+    "texture_scrolling_forward",
+    "texture_scrolling_backward",
+    "background_moving_left",
+    "background_moving_right",
+)
+
+#: The class families ``generate_dataset`` can render.
+Family = Literal["motion", "cycles"]
+FAMILIES: dict[str, tuple[str, ...]] = {"motion": CLASSES, "cycles": CYCLE_CLASSES}
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # Named dataset sizes: clips per class in each split.
@@ -69,19 +98,30 @@ SIZES: dict[str, dict[str, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "ellipse", "square", "triangle", "pentagon", "cross", "ring")
 TEXTURES: tuple[str, ...] = ("stripes", "checker", "split")
 
+#: How an action starts: at a random phase of its periodic version, or as in version 1.
+Phase = Literal["random", "fixed"]
+PHASES: tuple[str, ...] = get_args(Phase)
+
 FPS = 12
 MIN_FRAME_SIZE = 32
 # Bump when the rendering changes, so that cached datasets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
+# Ranges the wrapped attributes of a random-phase actor cycle through: [low, high).
+_WRAP_RANGES: dict[str, tuple[float, float]] = {
+    "x": (0.0, 1.0),
+    "y": (0.0, 1.0),
+    "scale": (0.4, 1.6),
+    "opacity": (0.0, 1.0),
+}
 # Largest rotation between consecutive frames of a rotating actor (degrees). It stays below
 # half the smallest symmetry period of any shape (36 degrees, the pentagon), so the perceived
 # rotation direction is never ambiguous.
 _MAX_ROTATION_STEP = 25.0
 
 
-def reverse_label(label: int) -> int:
+def reverse_label(label: int, family: str = "motion") -> int:
     """Return the label of the class whose clips are the time-reversed clips of ``label``."""
-    _check_label(label)
+    _check_label(label, family)
     return label ^ 1
 
 
@@ -91,7 +131,9 @@ class Pose:
 
     ``x``/``y`` are the centre as fractions of the frame size, ``angle`` is in degrees (growing
     angles rotate clockwise on screen), ``scale`` multiplies the sprite radius and ``opacity``
-    is in ``[0, 1]``.
+    is in ``[0, 1]``. ``orbit`` is the position in degrees on a circle of the sprite's
+    ``orbit_radius`` around (x, y), ``hue`` a rotation of its colours' hue in degrees and
+    ``scroll`` an offset of its stripes or checks in texture periods.
     """
 
     x: float
@@ -99,6 +141,9 @@ class Pose:
     scale: float
     angle: float
     opacity: float
+    orbit: float = 0.0
+    hue: float = 0.0
+    scroll: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +153,8 @@ class Sprite:
     ``radius`` is a fraction of the frame size. ``wobble`` is the (x, y) offset, as a fraction
     of the frame size, of a parabolic detour that peaks mid-clip and is zero at both ends.
     ``texture_freq`` is in texture periods per radius, ``texture_angle`` in degrees.
+    ``wrap`` names pose attributes taken modulo their range in ``_WRAP_RANGES`` after
+    interpolation (``x`` / ``y``: the sprite leaves one edge and re-enters at the other).
     """
 
     shape: str
@@ -120,6 +167,8 @@ class Sprite:
     start: Pose
     end: Pose
     wobble: tuple[float, float] = (0.0, 0.0)
+    wrap: tuple[str, ...] = ()
+    orbit_radius: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +177,9 @@ class ClipSpec:
 
     ``lighting`` is the global gain at the first and last frame, ``noise_std`` the standard
     deviation of the pixel noise (in ``[0, 1]`` intensity units) and ``frame_seeds`` seed the
-    noise of each frame.
+    noise of each frame. ``pan`` is the background's horizontal offset (fraction of the
+    width, wrapping around) at the first and last frame; ``family`` names the class list
+    ``label`` indexes (``FAMILIES``).
     """
 
     label: int
@@ -141,6 +192,8 @@ class ClipSpec:
     lighting: tuple[float, float]
     noise_std: float
     frame_seeds: tuple[int, ...]
+    pan: tuple[float, float] = (0.0, 0.0)
+    family: str = "motion"
 
 
 @dataclass(frozen=True)
@@ -162,9 +215,12 @@ class DatasetInfo:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_label(label: int) -> None:
-    if not 0 <= label < len(CLASSES):
-        raise ValueError(f"label must be in [0, {len(CLASSES) - 1}], got {label}")
+def _check_label(label: int, family: str = "motion") -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    classes = FAMILIES[family]
+    if not 0 <= label < len(classes):
+        raise ValueError(f"label must be in [0, {len(classes) - 1}], got {label}")
 
 
 def _check_geometry(num_frames: int, frame_size: int) -> None:
@@ -201,20 +257,63 @@ def _drift(centre: float, change: float) -> tuple[float, float]:
     return centre - 0.5 * change, centre + 0.5 * change
 
 
-def _sample_actor(canonical: int, rng: np.random.Generator, num_frames: int) -> Sprite:
-    """The actor of a clip of the canonical (even) class ``canonical``.
+@dataclass(frozen=True)
+class _Look:
+    """The fields of `Sprite` that describe its appearance (see `_sprite_look`)."""
 
-    Attributes the class does not act on only drift slightly, with start and end exchangeable
-    (swapping them does not change their distribution), so they do not reveal the direction
-    of time.
-    """
+    shape: str
+    texture: str
+    color: tuple[float, float, float]
+    texture_color: tuple[float, float, float]
+    texture_freq: float
+    texture_angle: float
+    radius: float
+
+
+def _idle_actor(rng: np.random.Generator) -> Sprite:
+    """An actor whose attributes only drift slightly, start and end exchangeable."""
     look = _sprite_look(rng, float(rng.uniform(0.13, 0.18)))
     x0, x1 = _drift(rng.uniform(0.3, 0.7), rng.uniform(-0.06, 0.06))
     y0, y1 = _drift(rng.uniform(0.3, 0.7), rng.uniform(-0.06, 0.06))
     s0, s1 = rng.uniform(0.85, 1.1, 2)
     a0, a1 = _drift(rng.uniform(0.0, 360.0), rng.uniform(-15.0, 15.0))
     o0, o1 = rng.uniform(0.85, 1.0, 2)
+    start = Pose(float(x0), float(y0), float(s0), float(a0), float(o0))
+    end = Pose(float(x1), float(y1), float(s1), float(a1), float(o1))
+    return Sprite(**look, start=start, end=end)
+
+
+def _sample_actor(
+    canonical: int, rng: np.random.Generator, num_frames: int, phase: Phase
+) -> Sprite:
+    """The actor of a clip of the canonical (even) class ``canonical``.
+
+    Attributes the class does not act on only drift slightly, with start and end exchangeable
+    (swapping them does not change their distribution), so they do not reveal the direction
+    of time. With ``phase="random"`` the acted attribute starts uniformly in its wrap range
+    and changes by less than the range: its first and last values are both uniform.
+    """
+    idle = _idle_actor(rng)
+    look = {f.name: getattr(idle, f.name) for f in dataclasses.fields(_Look)}
+    (x0, x1), (y0, y1) = (idle.start.x, idle.end.x), (idle.start.y, idle.end.y)
+    (s0, s1), (a0, a1) = (idle.start.scale, idle.end.scale), (idle.start.angle, idle.end.angle)
+    o0, o1 = idle.start.opacity, idle.end.opacity
     action = CLASSES[canonical]
+    if phase == "random" and action != "rotating_clockwise":  # angles are periodic already
+        attribute, change = {
+            "moving_right": ("x", rng.uniform(0.45, 0.7)),
+            "moving_down": ("y", rng.uniform(0.45, 0.7)),
+            "approaching": ("scale", rng.uniform(0.8, 1.1)),
+            "appearing": ("opacity", rng.uniform(0.8, 0.95)),
+        }[action]
+        low, high = _WRAP_RANGES[attribute]
+        first = rng.uniform(low, high)
+        values = dict(x=(x0, x1), y=(y0, y1), scale=(s0, s1), opacity=(o0, o1))
+        values[attribute] = (first, first + change)
+        (x0, x1), (y0, y1), (s0, s1), (o0, o1) = values.values()
+        start = Pose(float(x0), float(y0), float(s0), float(a0), float(o0))
+        end = Pose(float(x1), float(y1), float(s1), float(a1), float(o1))
+        return Sprite(**look, start=start, end=end, wrap=(attribute,))
     if action == "moving_right":
         x0, x1 = rng.uniform(0.15, 0.3), rng.uniform(0.7, 0.85)
     elif action == "moving_down":
@@ -231,6 +330,39 @@ def _sample_actor(canonical: int, rng: np.random.Generator, num_frames: int) -> 
     return Sprite(**look, start=start, end=end)
 
 
+def _sample_cycle_actor(canonical: int, rng: np.random.Generator) -> tuple[Sprite, float]:
+    """The actor of a canonical (even) class of the cycles family, and the background's
+    pan over the clip (fraction of the width). Each change is periodic and starts at a
+    uniformly random point of its cycle, so first and last frames are alike in law."""
+    idle = _idle_actor(rng)
+    base = dataclasses.replace(idle, start=_centred(idle.start), end=_centred(idle.end))
+    action = CYCLE_CLASSES[canonical]
+    start, end, pan = base.start, base.end, 0.0
+    if action == "orbiting_clockwise":  # growing angle: clockwise on screen
+        first = rng.uniform(0.0, 360.0)
+        start = dataclasses.replace(start, orbit=first)
+        end = dataclasses.replace(end, orbit=first + rng.uniform(180.0, 300.0))
+        base = dataclasses.replace(base, orbit_radius=float(rng.uniform(0.18, 0.25)))
+    elif action == "hue_rising":
+        first = rng.uniform(0.0, 360.0)
+        start = dataclasses.replace(start, hue=first)
+        end = dataclasses.replace(end, hue=first + rng.uniform(150.0, 300.0))
+    elif action == "texture_scrolling_forward":
+        first = rng.uniform(0.0, 1.0)
+        start = dataclasses.replace(start, scroll=first)
+        end = dataclasses.replace(end, scroll=first + rng.uniform(1.2, 2.5))
+        texture = ("stripes", "checker")[rng.integers(2)]  # split has nothing to scroll
+        base = dataclasses.replace(base, texture=texture, texture_freq=1.2)
+    else:  # background moving left
+        pan = -float(rng.uniform(0.3, 0.5))
+    return dataclasses.replace(base, start=start, end=end), pan
+
+
+def _centred(pose: Pose) -> Pose:
+    """``pose`` moved towards the frame centre (room for an orbit)."""
+    return dataclasses.replace(pose, x=0.5 + 0.5 * (pose.x - 0.5), y=0.5 + 0.5 * (pose.y - 0.5))
+
+
 def _sample_distractor(rng: np.random.Generator) -> Sprite:
     """A small sprite wandering along a random curved path; start and end are i.i.d."""
     look = _sprite_look(rng, float(rng.uniform(0.05, 0.09)))
@@ -244,18 +376,35 @@ def _sample_distractor(rng: np.random.Generator) -> Sprite:
     return Sprite(**look, start=start, end=end, wobble=wobble)
 
 
+def _check_phase(phase: str) -> None:
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+
+
 def sample_spec(
-    label: int, rng: np.random.Generator, num_frames: int = 16, frame_size: int = 64
+    label: int,
+    rng: np.random.Generator,
+    num_frames: int = 16,
+    frame_size: int = 64,
+    phase: Phase = "random",
+    family: Family = "motion",
 ) -> ClipSpec:
-    """Draw a random clip of class ``label`` (all randomness comes from ``rng``).
+    """Draw a random clip of class ``label`` of ``family`` (all randomness from ``rng``).
 
     Clips of the odd member of a pair are drawn as reversed clips of the even member, so the
-    unordered frames of both classes follow the same distribution.
+    unordered frames of both classes follow the same distribution; with ``phase="random"``
+    (and always in the cycles family) so does the first frame.
     """
-    _check_label(label)
+    _check_label(label, family)
     _check_geometry(num_frames, frame_size)
+    _check_phase(phase)
     canonical = label & ~1
-    actor = _sample_actor(canonical, rng, num_frames)
+    pan_start = pan_change = 0.0
+    if family == "cycles":
+        actor, pan_change = _sample_cycle_actor(canonical, rng)
+        pan_start = float(rng.uniform(0.0, 1.0)) if pan_change else 0.0
+    else:
+        actor = _sample_actor(canonical, rng, num_frames, phase)
     distractors = [_sample_distractor(rng) for _ in range(rng.integers(1, 4))]
     in_front = rng.uniform(size=len(distractors)) < 0.3
     spec = ClipSpec(
@@ -269,6 +418,8 @@ def sample_spec(
         lighting=tuple(float(g) for g in rng.uniform(0.85, 1.15, 2)),
         noise_std=float(rng.uniform(2.0, 8.0) / 255.0),
         frame_seeds=tuple(int(s) for s in rng.integers(2**31, size=num_frames)),
+        pan=(pan_start, pan_start + pan_change),
+        family=family,
     )
     return spec if label == canonical else reverse_spec(spec)
 
@@ -281,12 +432,13 @@ def reverse_spec(spec: ClipSpec) -> ClipSpec:
     """Spec of the partner class whose rendered frames are exactly ``spec``'s frames reversed."""
     return dataclasses.replace(
         spec,
-        label=reverse_label(spec.label),
+        label=reverse_label(spec.label, spec.family),
         actor=_reverse_sprite(spec.actor),
         behind=tuple(_reverse_sprite(s) for s in spec.behind),
         front=tuple(_reverse_sprite(s) for s in spec.front),
         lighting=spec.lighting[::-1],
         frame_seeds=spec.frame_seeds[::-1],
+        pan=spec.pan[::-1],
     )
 
 
@@ -342,14 +494,17 @@ def _inside_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def _texture(sprite: Sprite, u: np.ndarray, v: np.ndarray, radius_px: np.ndarray) -> np.ndarray:
-    """Weight in ``[0, 1]`` of ``texture_color`` at local coordinates (u, v)."""
+def _texture(
+    sprite: Sprite, u: np.ndarray, v: np.ndarray, radius_px: np.ndarray, scroll: np.ndarray
+) -> np.ndarray:
+    """Weight in ``[0, 1]`` of ``texture_color`` at local coordinates (u, v), the stripes
+    or checks moved by ``scroll`` periods along the texture direction."""
     freq = sprite.texture_freq
     period_px = radius_px / freq
     if sprite.texture == "split":
         return np.clip(u * radius_px + 0.5, 0.0, 1.0)
     phi = math.radians(sprite.texture_angle)
-    a = (u * math.cos(phi) + v * math.sin(phi)) * freq
+    a = (u * math.cos(phi) + v * math.sin(phi)) * freq + scroll
     if sprite.texture == "stripes":
         return _square_wave(a, period_px)
     if sprite.texture == "checker":
@@ -359,20 +514,76 @@ def _texture(sprite: Sprite, u: np.ndarray, v: np.ndarray, radius_px: np.ndarray
     raise ValueError(f"unknown texture {sprite.texture!r}; expected one of {TEXTURES}")
 
 
-def _draw_sprite(frames: np.ndarray, sprite: Sprite, grid: np.ndarray) -> None:
-    """Alpha-composite ``sprite`` onto ``frames`` (T, H, W, 3) float32, in place."""
-    num_frames, size = frames.shape[0], frames.shape[1]
+def _wrapped(sprite: Sprite, attribute: str, value: float) -> float:
+    """``value`` taken modulo the attribute's wrap range if the sprite wraps it."""
+    if attribute not in sprite.wrap:
+        return value
+    low, high = _WRAP_RANGES[attribute]
+    return low + (value - low) % (high - low)
+
+
+@dataclass
+class _Track:
+    """Per-frame values of a sprite: centre and radius in pixels, rotation, opacity, hue
+    rotation of its colours (degrees) and texture offset (periods)."""
+
+    cx: list[float]
+    cy: list[float]
+    radius: list[float]
+    cos_a: list[float]
+    sin_a: list[float]
+    opacity: list[float]
+    hue: list[float]
+    scroll: list[float]
+
+    def shifted(self, dx: float, dy: float) -> _Track:
+        return dataclasses.replace(self, cx=[c + dx for c in self.cx], cy=[c + dy for c in self.cy])
+
+
+def _track(sprite: Sprite, num_frames: int, size: int) -> _Track:
     s, e = sprite.start, sprite.end
-    cx, cy, radius, cos_a, sin_a, opacity = [], [], [], [], [], []
+    track = _Track([], [], [], [], [], [], [], [])
     for w0, w1 in _frame_weights(num_frames):
         bump = 4.0 * (w0 * w1)
-        cx.append((w0 * s.x + w1 * e.x + bump * sprite.wobble[0]) * size)
-        cy.append((w0 * s.y + w1 * e.y + bump * sprite.wobble[1]) * size)
-        radius.append(sprite.radius * (w0 * s.scale + w1 * e.scale) * size)
+        orbit = math.radians(w0 * s.orbit + w1 * e.orbit)
+        x = _wrapped(sprite, "x", w0 * s.x + w1 * e.x + bump * sprite.wobble[0])
+        y = _wrapped(sprite, "y", w0 * s.y + w1 * e.y + bump * sprite.wobble[1])
+        track.cx.append((x + sprite.orbit_radius * math.cos(orbit)) * size)
+        track.cy.append((y + sprite.orbit_radius * math.sin(orbit)) * size)
+        scale = _wrapped(sprite, "scale", w0 * s.scale + w1 * e.scale)
+        track.radius.append(sprite.radius * scale * size)
         angle = math.radians(w0 * s.angle + w1 * e.angle)
-        cos_a.append(math.cos(angle))
-        sin_a.append(math.sin(angle))
-        opacity.append(w0 * s.opacity + w1 * e.opacity)
+        track.cos_a.append(math.cos(angle))
+        track.sin_a.append(math.sin(angle))
+        track.opacity.append(_wrapped(sprite, "opacity", w0 * s.opacity + w1 * e.opacity))
+        track.hue.append(w0 * s.hue + w1 * e.hue)
+        track.scroll.append(w0 * s.scroll + w1 * e.scroll)
+    return track
+
+
+def _draw_sprite(frames: np.ndarray, sprite: Sprite, grid: np.ndarray) -> None:
+    """Alpha-composite ``sprite`` onto ``frames`` (T, H, W, 3) float32, in place; a sprite
+    wrapping ``x`` / ``y`` is drawn on a torus (copies one frame width to either side)."""
+    size = frames.shape[1]
+    track = _track(sprite, frames.shape[0], size)
+    x_copies = (-size, 0, size) if "x" in sprite.wrap else (0,)
+    y_copies = (-size, 0, size) if "y" in sprite.wrap else (0,)
+    for dx in x_copies:
+        for dy in y_copies:
+            _composite(frames, sprite, grid, track.shifted(dx, dy))
+
+
+def _hue_rotated(color: tuple[float, ...], degrees: float) -> tuple[float, ...]:
+    if degrees == 0.0:
+        return color
+    hue, lightness, saturation = colorsys.rgb_to_hls(*color)
+    return colorsys.hls_to_rgb((hue + degrees / 360.0) % 1.0, lightness, saturation)
+
+
+def _composite(frames: np.ndarray, sprite: Sprite, grid: np.ndarray, track: _Track) -> None:
+    """Alpha-composite the sprite along ``track`` onto ``frames``, in place."""
+    size = frames.shape[1]
+    cx, cy, radius = track.cx, track.cy, track.radius
 
     # Only touch the pixels the sprite can reach in some frame (every shape fits in a disc of
     # 1.2 radii; 2 px margin for anti-aliasing).
@@ -391,18 +602,22 @@ def _draw_sprite(frames: np.ndarray, sprite: Sprite, grid: np.ndarray) -> None:
     r = column(radius)
     dx = grid[None, None, x0:x1] - column(cx)
     dy = grid[None, y0:y1, None] - column(cy)
-    c, sn = column(cos_a), column(sin_a)
+    c, sn = column(track.cos_a), column(track.sin_a)
     # Local coordinates: the sprite is drawn rotated by +angle (clockwise, as y points down).
     u = (dx * c + dy * sn) / r
     v = (dy * c - dx * sn) / r
     inside_px = _inside_distance(sprite.shape, u, v) * r
     outline_px = max(1.0, size / 64.0)
-    op = column(opacity)
+    op = column(track.opacity)
     cover_all = (np.clip(inside_px + 0.5, 0.0, 1.0) * op)[..., None]
     cover_fill = (np.clip(inside_px - outline_px + 0.5, 0.0, 1.0) * op)[..., None]
-    color = np.asarray(sprite.color, dtype=np.float32)
-    tex_color = np.asarray(sprite.texture_color, dtype=np.float32)
-    tex = _texture(sprite, u, v, r)[..., None]
+    # Per-frame colours (hue rotation computed on per-frame scalars), (T, 1, 1, 3).
+    color = np.asarray([_hue_rotated(sprite.color, h) for h in track.hue], dtype=np.float32)
+    tex_color = np.asarray(
+        [_hue_rotated(sprite.texture_color, h) for h in track.hue], dtype=np.float32
+    )
+    color, tex_color = color[:, None, None], tex_color[:, None, None]
+    tex = _texture(sprite, u, v, r, column(track.scroll))[..., None]
     fill = color + (tex_color - color) * tex
     frames *= 1.0 - cover_all
     frames += (0.2 * color) * cover_all
@@ -445,12 +660,17 @@ def render_clip(spec: ClipSpec) -> np.ndarray:
             f"spec has {len(spec.frame_seeds)} frame seeds for {spec.num_frames} frames"
         )
     size = spec.frame_size
+    weights = _frame_weights(spec.num_frames)
     grid = (np.arange(size, dtype=np.float32) + 0.5).astype(np.float32)
-    frames = np.repeat(_background(spec.background_seed, size)[None], spec.num_frames, axis=0)
+    background = _background(spec.background_seed, size)
+    p0, p1 = spec.pan
+    frames = np.stack(
+        [np.roll(background, round((w0 * p0 + w1 * p1) * size), axis=1) for w0, w1 in weights]
+    )
     for sprite in (*spec.behind, spec.actor, *spec.front):
         _draw_sprite(frames, sprite, grid)
     g0, g1 = spec.lighting
-    gain = [w0 * g0 + w1 * g1 for w0, w1 in _frame_weights(spec.num_frames)]
+    gain = [w0 * g0 + w1 * g1 for w0, w1 in weights]
     frames *= np.asarray(gain, dtype=np.float32)[:, None, None, None]
     noise = np.stack(
         [
@@ -494,12 +714,12 @@ def _write_video(path: Path, frames: np.ndarray) -> None:
         writer.release()
 
 
-def _dataset_info(root: Path, counts: dict[str, int]) -> DatasetInfo:
+def _dataset_info(root: Path, counts: dict[str, int], num_classes: int) -> DatasetInfo:
     return DatasetInfo(
         root=root,
         classes_file=root / "classes.txt",
         lists={split: root / f"{split}_list.txt" for split in SPLITS},
-        num_classes=len(CLASSES),
+        num_classes=num_classes,
         counts=counts,
     )
 
@@ -531,6 +751,8 @@ def generate_dataset(
     frame_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    phase: Phase = "random",
+    family: Family = "motion",
 ) -> DatasetInfo:
     """Render the dataset to ``root`` (or reuse it if already generated with these parameters).
 
@@ -539,15 +761,20 @@ def generate_dataset(
     ``<split>_list.txt`` (``videos/<split>/<name>.mp4 <label>`` per line), ``classes.txt`` and
     ``manifest.json``. Clip ``i`` of class ``c`` in split ``s`` depends only on
     ``(seed, s, c, i)``, so a larger size extends a smaller one with the same clips.
+    ``phase`` chooses how actions start (see the module docstring), ``family`` the classes
+    (``FAMILIES``: ``"motion"``, the default, or ``"cycles"``).
     """
     from tqdm import tqdm
 
     counts = _counts_per_class(size)
     _check_geometry(num_frames, frame_size)
+    _check_phase(phase)
+    _check_label(0, family)
+    classes = FAMILIES[family]
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     root = Path(root)
-    totals = {split: counts[split] * len(CLASSES) for split in SPLITS}
+    totals = {split: counts[split] * len(classes) for split in SPLITS}
     params = {
         "generator_version": GENERATOR_VERSION,
         "size": size,
@@ -555,11 +782,13 @@ def generate_dataset(
         "num_frames": num_frames,
         "frame_size": frame_size,
         "seed": seed,
+        "phase": phase,
+        "family": family,
         "fps": FPS,
-        "classes": list(CLASSES),
+        "classes": list(classes),
     }
     if _is_cached(root, params):
-        return _dataset_info(root, totals)
+        return _dataset_info(root, totals, len(classes))
 
     manifest = root / "manifest.json"
     if manifest.exists():  # a dataset of ours with other parameters: drop its stale videos
@@ -572,14 +801,14 @@ def generate_dataset(
             video_dir.mkdir(parents=True, exist_ok=True)
             lines = []
             for index in range(counts[split]):
-                for label in range(len(CLASSES)):
+                for label in range(len(classes)):
                     rng = np.random.default_rng([seed, split_index, label, index])
-                    spec = sample_spec(label, rng, num_frames, frame_size)
-                    name = f"{index * len(CLASSES) + label:05d}.mp4"
+                    spec = sample_spec(label, rng, num_frames, frame_size, phase, family)
+                    name = f"{index * len(classes) + label:05d}.mp4"
                     _write_video(video_dir / name, render_clip(spec))
                     lines.append(f"videos/{split}/{name} {label}\n")
                     bar.update()
             (root / f"{split}_list.txt").write_text("".join(lines))
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
     manifest.write_text(json.dumps({"params": params, "counts": totals}, indent=2) + "\n")
-    return _dataset_info(root, totals)
+    return _dataset_info(root, totals, len(classes))

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from adafuse_plugin.demo import DemoSettings, Variant, train_and_test
-from adafuse_plugin.synthetic_videos import generate_dataset
+from adafuse_plugin.demo import DemoSettings, Variant, dataset_root, train_and_test
+from adafuse_plugin.synthetic_videos import FAMILIES, PHASES, generate_dataset
 
 ACTIONS = ("keep", "reuse", "skip")
 LEARNED = (
@@ -42,7 +42,7 @@ LEARNED = (
     Variant("AdaFuse-TSM", "tsm", "adafuse"),
 )
 ORDER = ("TSN", "Ada. Skip", "Ada. Reuse", "Random", "Threshold", "AdaFuse", "TSM", "AdaFuse-TSM")
-Job = tuple[Variant, DemoSettings, str, str]
+Job = tuple[Variant, DemoSettings, str, str, str | None]  # ..., work dir, load_from
 
 
 def matched_baselines(adafuse: dict) -> tuple[Variant, Variant]:
@@ -60,10 +60,11 @@ def run_job(job: Job) -> dict:
     """Train and test one (variant, seed) in a worker process."""
     import torch
 
-    variant, settings, data_root, work_dir = job
+    variant, settings, data_root, work_dir, load_from = job
     torch.set_num_threads(settings.threads)
+    start = Path(load_from) if load_from else None
     with tqdm(disable=True) as bar:
-        result = train_and_test(variant, settings, Path(data_root), Path(work_dir), bar)
+        result = train_and_test(variant, settings, Path(data_root), Path(work_dir), bar, start)
     return dict(result, seed=settings.seed)
 
 
@@ -74,14 +75,18 @@ def run_phase(
     data_root: Path,
     out: Path,
     workers: int,
+    trained: Sequence[dict] = (),
 ) -> list[dict]:
-    """Train and test every (variant, seed); ``variants`` may depend on the seed."""
+    """Train and test every (variant, seed); ``variants`` may depend on the seed. A variant
+    with ``init_from`` starts from the checkpoint of that model and seed in ``trained``."""
+    checkpoints = {(r["model"], r["seed"]): r["checkpoint"] for r in trained}
     jobs: list[Job] = []
     for seed in seeds:
         seeded = dataclasses.replace(settings, seed=seed)
         for variant in variants(seed) if callable(variants) else variants:
             work_dir = out / "work_dirs" / f"{variant.name.replace(' ', '_')}-seed{seed}"
-            jobs.append((variant, seeded, str(data_root), str(work_dir)))
+            load_from = checkpoints[variant.init_from, seed] if variant.init_from else None
+            jobs.append((variant, seeded, str(data_root), str(work_dir), load_from))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         runs = tqdm(pool.map(run_job, jobs), total=len(jobs), desc="ablation", unit="run")
         return list(runs)
@@ -161,14 +166,26 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="parallel runs, one core each")
     parser.add_argument("--size", default="small", help="dataset size (tiny/small/medium/large)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the demo's")
+    parser.add_argument(
+        "--phase", choices=PHASES, default="random", help="generated actions' start phase"
+    )
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="motion")
     parser.add_argument("--out", type=Path, default=Path("ablation_output"))
     args = parser.parse_args()
-    settings = DemoSettings(size=args.size, num_workers=0, threads=1, quiet=True)
+    settings = DemoSettings(
+        size=args.size, num_workers=0, threads=1, quiet=True, phase=args.phase, family=args.family
+    )
     if args.epochs:
         settings = dataclasses.replace(settings, epochs=args.epochs)
-    data_root = args.out / "data" / f"synthetic-{settings.size}-{settings.frame_size}px"
-    generate_dataset(data_root, size=settings.size, num_frames=16,
-                     frame_size=settings.frame_size)  # fmt: skip
+    data_root = dataset_root(args.out, settings)
+    generate_dataset(
+        data_root,
+        size=settings.size,
+        num_frames=16,
+        frame_size=settings.frame_size,
+        phase=settings.phase,
+        family=settings.family,
+    )
 
     results = run_phase(LEARNED, args.seeds, settings, data_root, args.out, args.workers)
 

@@ -46,7 +46,7 @@ model = dict(
         format_shape="NCHW",
     ),
 )
-val_evaluator = dict(type="AdaFuseMetric")
+val_evaluator = dict(type="AdaFuseMetric", paired_classes=True)
 test_evaluator = val_evaluator
 custom_hooks = [dict(type="AdaFuseHook", tau=0.67)]
 

@@ -42,6 +42,7 @@ def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
         assert row["params"] > tsn["params"]  # the policy networks
     for row in results:
         assert 0.0 <= row["top1"] <= 1.0 and row["train_seconds"] > 0
+        assert 0.0 <= row["within_pair"] <= 1.0  # the generated classes come in pairs
 
     for name in ("accuracy_vs_gflops.png", "policy_mix.png", "block_policies.png"):
         png = tmp_path / name

@@ -204,3 +204,16 @@ def test_clips_of_the_wrong_length_are_an_error_wherever_the_model_runs():
         model(**data, mode="predict")
     data = model.data_preprocessor(batch(clips=2, segments=8), False)
     assert len(model(**data, mode="predict")) == 2  # two test views of 4 frames each
+
+
+def test_within_pair_accuracy_compares_each_class_with_its_partner():
+    from adafuse_plugin.mmaction.metric import within_pair_accuracy
+
+    scores = [
+        [0.1, 0.9, 0.0, 0.0],  # label 1 beats its partner 0: hit
+        [0.0, 0.5, 0.2, 0.3],  # label 2 loses to its partner 3 (top-1 is class 1): miss
+        [0.0, 0.6, 0.1, 0.3],  # label 3 beats 2 although top-1 is class 1: hit
+    ]
+    assert within_pair_accuracy(scores, [1, 2, 3]) == pytest.approx(2 / 3)
+    with pytest.raises(AdaFuseConfigError, match="no clips"):
+        within_pair_accuracy([], [])

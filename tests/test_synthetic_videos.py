@@ -13,6 +13,7 @@ import pytest
 
 from adafuse_plugin.synthetic_videos import (
     CLASSES,
+    CYCLE_CLASSES,
     SIZES,
     ClipSpec,
     DatasetInfo,
@@ -151,14 +152,20 @@ def _z_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.mean(axis=0) - b.mean(axis=0)) / (stderr + 1e-12)
 
 
+@pytest.mark.parametrize("phase", ["random", "fixed"])
 @pytest.mark.parametrize(("label", "partner"), PAIRS)
-def test_unordered_frames_of_a_class_and_its_partner_match(label: int, partner: int) -> None:
-    """Independently drawn clips: frame-order-free actor statistics of both classes agree,
-    while the same statistics taken on the first frame only tell the classes apart."""
+def test_unordered_frames_of_a_class_and_its_partner_match(
+    label: int, partner: int, phase: str
+) -> None:
+    """Independently drawn clips: frame-order-free actor statistics of both classes agree.
+    Taken on the first frame only, they agree too with random phases, and tell the classes
+    apart with fixed ones (the shortcut the random phase removes)."""
     features = {
         cls: np.stack(
             [
-                _actor_features(sample_spec(cls, np.random.default_rng([cls, seed]), 6, 32))
+                _actor_features(
+                    sample_spec(cls, np.random.default_rng([cls, seed]), 6, 32, phase=phase)
+                )
                 for seed in range(40)
             ]
         )
@@ -166,8 +173,11 @@ def test_unordered_frames_of_a_class_and_its_partner_match(label: int, partner: 
     }
     a, b = features[label], features[partner]  # (clips, frames, features)
     assert np.all(_z_scores(a.mean(axis=1), b.mean(axis=1)) < 4.0)
-    if CLASSES[label] != "rotating_clockwise":  # rotation starts at a uniform random angle
-        assert np.max(_z_scores(a[:, 0], b[:, 0])) > 8.0
+    first_frame = np.max(_z_scores(a[:, 0], b[:, 0]))
+    if phase == "random":
+        assert first_frame < 4.0
+    elif CLASSES[label] != "rotating_clockwise":  # rotation starts at a uniform random angle
+        assert first_frame > 8.0
 
 
 @pytest.mark.parametrize(
@@ -177,7 +187,7 @@ def test_unordered_frames_of_a_class_and_its_partner_match(label: int, partner: 
 def test_moving_classes_move_the_actor(name: str, axis: int, sign: int) -> None:
     size = 64
     for seed in range(5):
-        spec = sample_spec(CLASSES.index(name), np.random.default_rng(seed), 8, size)
+        spec = sample_spec(CLASSES.index(name), np.random.default_rng(seed), 8, size, "fixed")
         masks = _actor_masks(spec)
         shift = _centroid(masks[-1]) - _centroid(masks[0])
         assert sign * shift[axis] > 0.3 * size
@@ -187,7 +197,7 @@ def test_moving_classes_move_the_actor(name: str, axis: int, sign: int) -> None:
 @pytest.mark.parametrize(("name", "grows"), [("approaching", True), ("receding", False)])
 def test_approaching_and_receding_change_the_actor_size(name: str, grows: bool) -> None:
     for seed in range(5):
-        spec = sample_spec(CLASSES.index(name), np.random.default_rng(seed), 8, 64)
+        spec = sample_spec(CLASSES.index(name), np.random.default_rng(seed), 8, 64, "fixed")
         first, last = _actor_masks(spec)[[0, -1]].sum(axis=(1, 2))
         assert (last > 3 * first) if grows else (first > 3 * last)
 
@@ -195,9 +205,79 @@ def test_approaching_and_receding_change_the_actor_size(name: str, grows: bool) 
 @pytest.mark.parametrize(("name", "shows"), [("appearing", True), ("disappearing", False)])
 def test_appearing_and_disappearing_fade_the_actor(name: str, shows: bool) -> None:
     for seed in range(5):
-        spec = sample_spec(CLASSES.index(name), np.random.default_rng(seed), 8, 64)
+        spec = sample_spec(CLASSES.index(name), np.random.default_rng(seed), 8, 64, "fixed")
         first, last = _actor_masks(spec)[[0, -1]].sum(axis=(1, 2))
         assert (last > 5 * first + 20) if shows else (first > 5 * last + 20)
+
+
+def _circular_shift(previous: np.ndarray, current: np.ndarray) -> int:
+    """The roll in (-n/2, n/2] that best maps the 1-D profile ``previous`` onto ``current``."""
+    n = len(previous)
+    shifts = np.arange(-n // 2 + 1, n // 2 + 1)
+    return int(shifts[np.argmax([np.dot(np.roll(previous, k), current) for k in shifts])])
+
+
+@pytest.mark.parametrize(
+    ("name", "axis", "sign"),
+    [("moving_right", 0, 1), ("moving_left", 0, -1), ("moving_down", 1, 1), ("moving_up", 1, -1)],
+)
+def test_random_phase_actors_move_on_a_torus(name: str, axis: int, sign: int) -> None:
+    """Frame to frame the actor moves the labelled way, also across the edge it wraps at."""
+    crossed = 0
+    for seed in range(6):
+        spec = sample_spec(CLASSES.index(name), np.random.default_rng(seed), 8, 64, "random")
+        masks = _actor_masks(spec).astype(float)
+        profiles = masks.sum(axis=1 + axis)  # (T, size) along the moving axis
+        steps = [_circular_shift(a, b) for a, b in zip(profiles[:-1], profiles[1:])]
+        assert all(sign * step > 0 for step in steps), steps
+        # Nothing is lost at the edge: the same actor held at the centre covers as much.
+        held = {"xy"[axis]: 0.5}
+        centred = dataclasses.replace(
+            spec.actor,
+            start=dataclasses.replace(spec.actor.start, **held),
+            end=dataclasses.replace(spec.actor.end, **held),
+            wrap=(),
+        )
+        reference = _actor_masks(dataclasses.replace(spec, actor=centred)).sum(axis=(1, 2))
+        np.testing.assert_allclose(masks.sum(axis=(1, 2)), reference, rtol=0.08)
+        start, end = spec.actor.start, spec.actor.end
+        crossed += int((getattr(start, "xy"[axis]) % 1) > (getattr(end, "xy"[axis]) % 1)) ^ (
+            sign < 0
+        )
+    assert crossed  # some clips do wrap around the edge
+
+
+@pytest.mark.parametrize(
+    ("name", "grows"),
+    [("approaching", True), ("receding", False), ("appearing", True), ("disappearing", False)],
+)
+def test_random_phase_ramps_wrap_at_most_once(name: str, grows: bool) -> None:
+    """Size (approaching) or visibility (appearing) ramps the labelled way at every step
+    but at most one, where it wraps around its range."""
+    wrapped = 0
+    for seed in range(8):
+        spec = _actor_only(
+            sample_spec(CLASSES.index(name), np.random.default_rng(seed), 8, 64, "random")
+        )
+        if "scale" in spec.actor.wrap:
+            amount = _actor_masks(spec).sum(axis=(1, 2)).astype(float)
+        else:  # opacity: how much the actor changes the clean frames
+            hidden = dataclasses.replace(
+                spec.actor,
+                start=dataclasses.replace(spec.actor.start, opacity=0.0),
+                end=dataclasses.replace(spec.actor.end, opacity=0.0),
+            )
+            background = render_clip(dataclasses.replace(spec, actor=hidden)).astype(float)
+            amount = np.abs(render_clip(spec) - background).sum(axis=(1, 2, 3))
+        steps = np.diff(amount) * (1 if grows else -1)
+        assert (steps <= 0).sum() <= 1, amount
+        wrapped += int((steps <= 0).sum())
+    assert wrapped  # some clips do wrap
+
+
+def test_phase_is_checked() -> None:
+    with pytest.raises(ValueError, match="phase must be one of"):
+        sample_spec(0, np.random.default_rng(0), phase="shifted")
 
 
 def test_growing_angle_rotates_clockwise_on_screen() -> None:
@@ -352,3 +432,112 @@ def test_bad_labels_and_specs_are_rejected() -> None:
         render_clip(
             dataclasses.replace(spec, actor=dataclasses.replace(spec.actor, texture="plaid"))
         )
+
+
+# ------------------------------------------------------------------------------------------
+# The second family: cyclic changes
+# ------------------------------------------------------------------------------------------
+
+CYCLE_PAIRS = [(label, label + 1) for label in range(0, len(CYCLE_CLASSES), 2)]
+
+
+def _cycle_spec(name: str, seed: int, frames: int = 8, size: int = 64) -> ClipSpec:
+    label = CYCLE_CLASSES.index(name)
+    return sample_spec(label, np.random.default_rng(seed), frames, size, family="cycles")
+
+
+@pytest.mark.parametrize("label", range(len(CYCLE_CLASSES)))
+def test_cycles_reverse_exactly_and_partners_are_reversed_clips(label: int) -> None:
+    for seed in range(3):
+        spec = sample_spec(label, np.random.default_rng(seed), 7, 48, family="cycles")
+        partner = sample_spec(label ^ 1, np.random.default_rng(seed), 7, 48, family="cycles")
+        assert partner == reverse_spec(spec) and reverse_spec(partner) == spec
+        np.testing.assert_array_equal(render_clip(partner), render_clip(spec)[::-1])
+
+
+def _without_actor(spec: ClipSpec) -> ClipSpec:
+    actor = spec.actor
+    hidden = dataclasses.replace(
+        actor,
+        start=dataclasses.replace(actor.start, opacity=0.0),
+        end=dataclasses.replace(actor.end, opacity=0.0),
+    )
+    return dataclasses.replace(spec, actor=hidden)
+
+
+def _frame_features(spec: ClipSpec) -> np.ndarray:
+    """(T, 6): actor area and moments, and the mean colour of the clean frame."""
+    clean = render_clip(_actor_only(spec)).astype(float).mean(axis=(1, 2)) / 255
+    return np.concatenate([_actor_features(spec), clean], axis=1)
+
+
+@pytest.mark.parametrize(("label", "partner"), CYCLE_PAIRS)
+def test_cycle_pairs_differ_only_in_frame_order(label: int, partner: int) -> None:
+    """Frame sets and first frames of a class and its partner agree in law."""
+    features = {
+        cls: np.stack(
+            [
+                _frame_features(
+                    sample_spec(cls, np.random.default_rng([cls, s]), 6, 32, family="cycles")
+                )
+                for s in range(40)
+            ]
+        )
+        for cls in (label, partner)
+    }
+    a, b = features[label], features[partner]
+    assert np.all(_z_scores(a.mean(axis=1), b.mean(axis=1)) < 4.0)
+    assert np.all(_z_scores(a[:, 0], b[:, 0]) < 4.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "sign"), [("orbiting_clockwise", 1), ("orbiting_anticlockwise", -1)]
+)
+def test_orbiting_actors_circle_their_centre(name: str, sign: int) -> None:
+    for seed in range(4):
+        spec = _cycle_spec(name, seed)
+        centre = np.array([spec.actor.start.x, spec.actor.start.y]) * 0.5
+        centre += np.array([spec.actor.end.x, spec.actor.end.y]) * 0.5
+        offsets = np.stack([_centroid(m) for m in _actor_masks(spec)]) - 64 * centre
+        a, b = offsets[:-1], offsets[1:]
+        turns = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]  # > 0: clockwise on screen (y down)
+        assert np.all(sign * turns > 0), turns
+
+
+@pytest.mark.parametrize(("name", "sign"), [("hue_rising", 1), ("hue_falling", -1)])
+def test_hue_classes_turn_the_actor_colour_wheel(name: str, sign: int) -> None:
+    import colorsys
+
+    for seed in range(4):
+        spec = _actor_only(_cycle_spec(name, seed))
+        hidden = _without_actor(spec)
+        changed = np.abs(render_clip(spec).astype(int) - render_clip(hidden)).sum(-1) > 30
+        clip = render_clip(spec).astype(float) / 255
+        hues = [colorsys.rgb_to_hls(*frame[mask].mean(0))[0] for frame, mask in zip(clip, changed)]
+        steps = (np.diff(hues) + 0.5) % 1.0 - 0.5  # shortest way round the wheel
+        assert (sign * steps > 0).mean() >= 0.8, steps
+
+
+@pytest.mark.parametrize(
+    ("name", "sign"), [("background_moving_left", -1), ("background_moving_right", 1)]
+)
+def test_background_classes_pan_the_background(name: str, sign: int) -> None:
+    for seed in range(4):
+        spec = _cycle_spec(name, seed)
+        empty = _without_actor(_actor_only(spec))
+        profiles = render_clip(empty).astype(float).mean(axis=(1, 3))  # (T, W)
+        profiles -= profiles.mean(axis=1, keepdims=True)
+        steps = [_circular_shift(p, q) for p, q in zip(profiles[:-1], profiles[1:])]
+        assert all(sign * step >= 0 for step in steps) and sign * sum(steps) > 8, steps
+
+
+def test_generate_a_cycles_dataset(tmp_path: Path) -> None:
+    info = generate_dataset(
+        tmp_path / "ds", 3, num_frames=4, frame_size=32, progress=False, family="cycles"
+    )
+    assert info.num_classes == len(CYCLE_CLASSES)
+    assert info.classes_file.read_text().split() == list(CYCLE_CLASSES)
+    labels = {int(line.split()[1]) for line in info.lists["train"].read_text().splitlines()}
+    assert labels == set(range(len(CYCLE_CLASSES)))
+    with pytest.raises(ValueError, match="family must be one of"):
+        generate_dataset(tmp_path / "other", 3, family="colours")

@@ -13,6 +13,14 @@ from ..flops import DecisionCounts
 from .recognizer import COUNTS_FIELD, REPORT_FIELD, report_from_counts
 
 
+def within_pair_accuracy(scores: Sequence[Sequence[float]], labels: Sequence[int]) -> float:
+    """Share of clips whose class ``l`` scores above its time-reversed partner ``l ^ 1``."""
+    if not labels:
+        raise AdaFuseConfigError("within-pair accuracy of no clips")
+    hits = [scores_[label] > scores_[label ^ 1] for scores_, label in zip(scores, labels)]
+    return sum(hits) / len(hits)
+
+
 @METRICS.register_module()
 class AdaFuseMetric(AccMetric):
     """mmaction2's AccMetric plus AdaFuse FLOPs (paper Eq. 5) over the whole split.
@@ -26,12 +34,17 @@ class AdaFuseMetric(AccMetric):
 
     Args:
         per_block: also report each block's keep / reuse / skip shares.
+        paired_classes: the classes come in time-reversed pairs (2k, 2k + 1), as in the
+            generated datasets: also report ``within_pair``, the share of clips whose
+            class scores above its partner (temporal modelling apart from recognising the
+            object; 0.5 is chance).
         Others: as ``AccMetric``.
     """
 
-    def __init__(self, per_block: bool = True, **kwargs: Any) -> None:
+    def __init__(self, per_block: bool = True, paired_classes: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.per_block = per_block
+        self.paired_classes = paired_classes
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         """Store predictions and labels (AccMetric) plus each clip's decision counts."""
@@ -49,6 +62,10 @@ class AdaFuseMetric(AccMetric):
     def compute_metrics(self, results: list) -> dict:
         """Accuracy of AccMetric, then FLOPs and policy mix from the summed counts."""
         metrics = super().compute_metrics(results)
+        if self.paired_classes:
+            metrics["within_pair"] = within_pair_accuracy(
+                [r["pred"]["item"] for r in results], [r["label"] for r in results]
+            )
         counts = DecisionCounts()
         for result in results:
             for name, tally in result[COUNTS_FIELD].blocks.items():
