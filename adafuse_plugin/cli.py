@@ -158,6 +158,8 @@ def _demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         quiet=args.quiet or None,
+        data=args.data,
+        family=args.family,
     )
     return 0
 
@@ -183,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frame-size", type=int, default=None, help="pixels (default 32)")
     demo.add_argument("--batch-size", type=int, default=None, help="clips per batch (default 16)")
     demo.add_argument("--workers", type=int, default=None, help="dataloader workers (default 1)")
+    demo.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="your own videos: a folder with train_list.txt / test_list.txt ('<video> <label>' "
+        "lines, mmaction2's format) and optional classes.txt; the class count is read from it",
+    )
+    demo.add_argument(
+        "--family",
+        default=None,
+        choices=["motion", "cycles"],
+        help="generated classes: motion (default) or cycles (the second family)",
+    )
     demo.add_argument("--quiet", action="store_true",
                       help="hide mmengine's log lines (progress bar and table only)")  # fmt: skip
     demo.set_defaults(func=_demo)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from ablation import ACTIONS, matched_baselines, run_phase
 
-from adafuse_plugin.demo import DemoSettings, Variant, dataset_root
-from adafuse_plugin.synthetic_videos import FAMILIES, PHASES, generate_dataset
+from adafuse_plugin.demo import DemoSettings, Variant, prepare_data
+from adafuse_plugin.synthetic_videos import FAMILIES, PHASES
 
 PRETRAINED = (Variant("TSN", "tsn", "keep"), Variant("TSM", "tsm", "keep"))
 
@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--size", default="small", help="dataset size (tiny/small/medium/large)")
     parser.add_argument("--phase", choices=PHASES, default="random")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="motion")
+    parser.add_argument("--data", default=None, metavar="DIR", help="your own video-list folder")
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
     parser.add_argument("--adapt-epochs", type=int, default=10)
     parser.add_argument("--adapt-lr", type=float, default=5e-4)
@@ -155,16 +156,9 @@ def main() -> None:
         quiet=True,
         phase=args.phase,
         family=args.family,
+        data=args.data,
     )
-    data_root = dataset_root(args.out, settings)
-    generate_dataset(
-        data_root,
-        size=settings.size,
-        num_frames=16,
-        frame_size=settings.frame_size,
-        phase=settings.phase,
-        family=settings.family,
-    )
+    data_root = prepare_data(args.out, settings)
 
     def phase(variants, trained=()):
         return run_phase(variants, args.seeds, settings, data_root, args.out, args.workers, trained)

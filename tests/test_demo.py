@@ -72,3 +72,56 @@ def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
     tsm, _ = load_work_dir(tmp_path / "work_dirs" / "AdaFuse-TSM-R18")
     with pytest.raises(AdaFuseConfigError, match="only TSNHead"):
         streaming_runner(tsm)
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory):
+    """A video-list folder 'of a user': generated clips without our manifest, 3 classes."""
+    import shutil
+
+    from adafuse_plugin.synthetic_videos import generate_dataset
+
+    root = tmp_path_factory.mktemp("videos")
+    info = generate_dataset(root / "gen", 3, num_frames=8, frame_size=32, progress=False)
+    folder = root / "mine"
+    folder.mkdir()
+    for split in ("train", "test"):
+        lines = []
+        for line in info.lists[split].read_text().splitlines():
+            video, label = line.rsplit(" ", 1)
+            if int(label) < 3:
+                target = folder / video
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(info.root / video, target)
+                lines.append(f"{video} {label}\n")
+        (folder / f"{split}_list.txt").write_text("".join(lines))
+    return folder
+
+
+def test_video_folders_are_read_and_checked(user_folder, tmp_path):
+    from adafuse_plugin.demo import read_video_folder
+
+    data = read_video_folder(user_folder)
+    assert data.num_classes == 3 and not data.paired_classes
+    assert data.counts == {"train": 3, "test": 3}
+    with pytest.raises(FileNotFoundError, match="train_list.txt is missing"):
+        read_video_folder(tmp_path)
+    (tmp_path / "train_list.txt").write_text("a.mp4 x\n")
+    (tmp_path / "test_list.txt").write_text("a.mp4 0\n")
+    with pytest.raises(ValueError, match=r"train_list.txt:1: expected '<video> <label>'"):
+        read_video_folder(tmp_path)
+    (tmp_path / "train_list.txt").write_text("a.mp4 0\n")
+    with pytest.raises(FileNotFoundError, match=r"train_list.txt:1: no video file"):
+        read_video_folder(tmp_path)
+
+
+@pytest.mark.slow
+def test_demo_runs_on_a_user_video_folder(user_folder, tmp_path):
+    argv = ["demo", "--quick", "--epochs", "1", "--frames", "4", "--batch-size", "4"]
+    argv += ["--workers", "0", "--quiet", "--output-dir", str(tmp_path), "--data", str(user_folder)]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["dataset"]["clips"] == {"train": 3, "test": 3}
+    for row in report["results"]:
+        assert row["within_pair"] is None  # a user's classes are not known to be pairs
+    assert not (tmp_path / "data").exists()  # nothing generated
