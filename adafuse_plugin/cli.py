@@ -23,6 +23,7 @@ def _audit(args: argparse.Namespace) -> int:
     import torch
 
     from . import AdaFuseConfig, audit_flops, patch_model
+    from .summary import parameter_counts
 
     if args.model not in timm.list_models():
         print(f"adafuse audit: unknown timm model {args.model!r}", file=sys.stderr)
@@ -38,49 +39,60 @@ def _audit(args: argparse.Namespace) -> int:
         with torch.no_grad():
             model(torch.randn(args.clips * args.frames, 3, args.size, args.size))
     report = audit_flops(model, input_shape=shape)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    params = parameter_counts(model)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "model": args.model, "params": params}, indent=2))
+    else:
+        print(report.table())
+        print(_parameters_line(params))
     return 0
 
 
-def _cfg_options(items: Sequence[str] | None) -> dict:
-    """``["a.b=1", "c=[1,2]"]`` -> ``{"a.b": 1, "c": [1, 2]}``, as mmengine's tools parse it."""
-    from mmengine.config import DictAction
+class _CfgOptions(argparse.Action):
+    """mmengine's public ``DictAction`` (``KEY=VALUE`` pairs into a dict), imported when the
+    option is used: ``adafuse audit <timm model>`` needs no mmengine."""
 
-    options = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"adafuse: --cfg-options expects KEY=VALUE, got {item!r}")
-        options[key] = DictAction._parse_iterable(value)
-    return options
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        from mmengine.config import DictAction
+
+        DictAction(self.option_strings, self.dest)(parser, namespace, values, option_string)
 
 
 def _audit_config(args: argparse.Namespace) -> int:
     from .mmaction.audit import audit_config
     from .mmaction.runner import load_config
 
-    cfg = load_config(args.model, _cfg_options(args.cfg_options))
+    cfg = load_config(args.model, args.cfg_options or {})
     result = audit_config(
         cfg, args.checkpoint, args.data, args.max_batches, args.allow_unsafe_checkpoints
     )
     report = result.get("report")
     if args.json:
         data = report.to_dict() if report is not None else result
-        print(json.dumps({"model": result["model"], **data}, indent=2))
-    elif report is not None:
+        print(json.dumps({**data, "model": result["model"], "params": result["params"]}, indent=2))
+        return 0
+    if report is not None:
         print(report.table())
     else:
         print(
             f"{result['model']}: dense {result['dense'] / 1e9:.2f} GFLOPs per clip of "
             f"{result['frames']} frames at 224x224"
         )
+    print(_parameters_line(result["params"]))
     return 0
+
+
+def _parameters_line(params: dict[str, int]) -> str:
+    line = f"parameters            {params['total'] / 1e6:.2f} M"
+    if params["adafuse"]:
+        line += f" ({params['adafuse'] / 1e6:.3f} M added by AdaFuse)"
+    return line
 
 
 def _runner(args: argparse.Namespace) -> object:
     from .mmaction.runner import build_runner, load_config
 
-    cfg = load_config(args.config, _cfg_options(args.cfg_options))
+    cfg = load_config(args.config, args.cfg_options or {})
     cfg.work_dir = (
         args.work_dir or cfg.get("work_dir") or str(Path("work_dirs") / Path(args.config).stem)
     )
@@ -92,8 +104,21 @@ def _runner(args: argparse.Namespace) -> object:
         cfg.load_from = args.checkpoint
     if getattr(args, "decisions", None):
         cfg.model.adafuse.eval_decisions = args.decisions
-    if getattr(args, "seed", None) is not None:
-        cfg.randomness = dict(cfg.get("randomness", {}), seed=args.seed)
+    if args.seed is not None:
+        cfg.randomness = dict(cfg.get("randomness") or {}, seed=args.seed)
+    if args.deterministic:
+        cfg.randomness = dict(cfg.get("randomness") or {}, deterministic=True)
+    amp = getattr(args, "amp", False)  # as mmaction2's tools/train.py
+    if amp and cfg.optim_wrapper.get("type", "OptimWrapper") != "AmpOptimWrapper":
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    if getattr(args, "auto_scale_lr", False):
+        if not cfg.get("auto_scale_lr", {}).get("base_batch_size"):
+            raise SystemExit(
+                "adafuse train --auto-scale-lr: the config sets no auto_scale_lr.base_batch_size "
+                "(the total batch size its learning rate was tuned for)"
+            )
+        cfg.auto_scale_lr.enable = True
     return build_runner(cfg, args.launcher)
 
 
@@ -120,9 +145,14 @@ def _add_runner_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cfg-options",
         nargs="+",
+        action=_CfgOptions,
         default=None,
         metavar="KEY=VALUE",
-        help="override config keys (mmengine --cfg-options syntax)",
+        help="override config keys (mmengine's DictAction syntax)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed (mmengine randomness)")
+    parser.add_argument(
+        "--deterministic", action="store_true", help="deterministic algorithms (cuDNN)"
     )
     parser.add_argument(
         "--allow-unsafe-checkpoints",
@@ -211,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="resume from the latest checkpoint in the work dir, or from PATH",
     )
+    train.add_argument("--amp", action="store_true", help="automatic mixed precision training")
+    train.add_argument(
+        "--auto-scale-lr",
+        action="store_true",
+        help="scale the learning rate by the total batch size / auto_scale_lr.base_batch_size",
+    )
     _add_runner_options(train)
     train.set_defaults(func=_train)
 
@@ -224,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="eval decisions of learned policies: argmax (default, deterministic) or gumbel "
         "(sampled, the authors' test protocol; seed it with --seed)",
     )
-    test.add_argument("--seed", type=int, default=None, help="random seed (mmengine randomness)")
     _add_runner_options(test)
     test.set_defaults(func=_test)
 
@@ -259,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="config mode: count decisions over this split's dataloader",
     )
     audit.add_argument("--max-batches", type=int, default=None)
-    audit.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE")
+    audit.add_argument(
+        "--cfg-options", nargs="+", action=_CfgOptions, default=None, metavar="KEY=VALUE"
+    )
     audit.add_argument("--allow-unsafe-checkpoints", action="store_true")
     audit.add_argument("--frames", type=int, default=8, help="frames per clip (num_segments)")
     audit.add_argument("--size", type=int, default=224, help="frame height and width")

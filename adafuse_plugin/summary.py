@@ -8,7 +8,7 @@ from collections import Counter
 from torch import nn
 
 from .errors import AdaFusePatchError
-from .surgery import find_blocks, find_unsupported_blocks, get_config, iter_gates
+from .surgery import find_blocks, find_unsupported_blocks, get_config, is_patched, iter_gates
 
 
 @dataclasses.dataclass
@@ -86,3 +86,15 @@ def summary(model: nn.Module) -> PatchSummary:
         added_parameters=added,
         unsupported=dict(Counter(type(m).__qualname__ for _, m in find_unsupported_blocks(model))),
     )
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """``total`` parameters of a model (patched or not) and ``adafuse``, the gates' share
+    (layers shared between blocks counted once)."""
+    if not is_patched(model):
+        return {"total": sum(p.numel() for p in model.parameters()), "adafuse": 0}
+    patched = summary(model)
+    return {
+        "total": patched.base_parameters + patched.added_parameters,
+        "adafuse": patched.added_parameters,
+    }

@@ -128,14 +128,18 @@ def test_resume_after_an_epoch_is_bit_exact(data_root, tmp_path):
 
 
 DIST_SCRIPT = """
+import argparse
 import sys
 import torch
 import torch.distributed as dist
-from adafuse_plugin.cli import _cfg_options
+from mmengine.config import DictAction
 from adafuse_plugin.mmaction import build_runner, load_config
 
 torch.set_num_threads(1)
-cfg = load_config(sys.argv[1], _cfg_options(sys.argv[3:]))
+parser = argparse.ArgumentParser()
+parser.add_argument("options", nargs="*", action=DictAction)
+options = parser.parse_args(sys.argv[3:]).options or {}
+cfg = load_config(sys.argv[1], options)
 cfg.work_dir = sys.argv[2]
 runner = build_runner(cfg, launcher="pytorch")
 runner.train()

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import AdaFuseConfigError
 from ..flops import DecisionCounts, FlopsReport
+from ..summary import parameter_counts
 from .compat import safe_load_checkpoint
 from .recognizer import COUNTS_FIELD, AdaFuseRecognizer2D, report_from_counts
 from .runner import validate_config
@@ -45,11 +46,27 @@ def build_model(cfg: Any, checkpoint: str | None = None, allow_unsafe: bool = Fa
     from mmengine.runner import load_state_dict
 
     init_default_scope(cfg.get("default_scope", "mmaction"))
-    model = MODELS.build(cfg.model)
+    model = MODELS.build(without_pretrained_weights(cfg.model))
     if checkpoint is not None:
         state = safe_load_checkpoint(checkpoint, allow_unsafe=allow_unsafe)
         load_state_dict(model, state.get("state_dict", state), strict=True)
     return model.eval()
+
+
+def without_pretrained_weights(model_cfg: Any) -> Any:
+    """A copy of a model config whose backbone fetches no weights when built: an audit needs
+    shapes, not values (timm backbones download in their constructor with pretrained=True)."""
+    import copy
+
+    model_cfg = copy.deepcopy(model_cfg)
+    backbone = model_cfg.get("backbone")
+    if isinstance(backbone, dict):
+        if "pretrained" in backbone:
+            backbone["pretrained"] = False if isinstance(backbone["pretrained"], bool) else None
+        init_cfg = backbone.get("init_cfg")
+        if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
+            backbone["init_cfg"] = None
+    return model_cfg
 
 
 def count_split(model: AdaFuseRecognizer2D, loader: Any, max_batches: int | None) -> DecisionCounts:
@@ -74,9 +91,10 @@ def audit_config(
     max_batches: int | None = None,
     allow_unsafe: bool = False,
 ) -> dict[str, Any]:
-    """FLOPs of the config's model per clip: dense for any recognizer; for AdaFuse models
-    also the per-block table and, with ``split`` ('train', 'val' or 'test'), the adaptive
-    FLOPs and policy mix over that split's dataloader."""
+    """FLOPs and parameters of the config's model per clip: dense FLOPs for any recognizer;
+    for AdaFuse models also the per-block table and, with ``split`` ('train', 'val' or
+    'test'), the adaptive FLOPs and policy mix over that split's dataloader. Builds the
+    model without pretrained weights (nothing is downloaded)."""
     model = build_model(cfg, checkpoint, allow_unsafe)
     if not isinstance(model, AdaFuseRecognizer2D):
         if split is not None:
@@ -86,7 +104,8 @@ def audit_config(
         segments = getattr(model.backbone, "num_segments", None) or _pipeline_frames(cfg)
         shape = (segments, 3, 224, 224)
         dense = dense_backbone_flops(model.backbone, shape)
-        return {"model": type(model).__name__, "frames": segments, "dense": dense}
+        params = parameter_counts(model)
+        return {"model": type(model).__name__, "frames": segments, "dense": dense, "params": params}
     report: FlopsReport = model.flops_report()
     if split is not None:
         from mmengine.runner import Runner
@@ -97,7 +116,7 @@ def audit_config(
         validate_config(cfg)
         loader = Runner.build_dataloader(cfg[name])
         report = report_from_counts(report, count_split(model, loader, max_batches))
-    return {"model": type(model).__name__, "report": report}
+    return {"model": type(model).__name__, "report": report, "params": parameter_counts(model)}
 
 
 def _pipeline_frames(cfg: Any) -> int:
