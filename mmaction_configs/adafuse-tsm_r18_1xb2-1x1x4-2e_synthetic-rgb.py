@@ -68,6 +68,7 @@ val_pipeline = [
     dict(type="FormatShape", input_format="NCHW"),
     dict(type="PackActionInputs"),
 ]
+test_pipeline = val_pipeline  # read by mmaction2's inference APIs (video files)
 train_dataloader = dict(
     batch_size=2,
     num_workers=0,

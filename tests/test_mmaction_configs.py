@@ -210,3 +210,17 @@ def test_cli_audit_accepts_configs(capsys):
     assert main(["audit", str(CONFIG_DIR / "tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py")]) == 0
     assert "Recognizer2D: dense 32.87 GFLOPs per clip of 8 frames" in capsys.readouterr().out
     assert main(["audit", "resnet18", "--data", "val"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CONFIGS)
+def test_inference_recognizer_on_a_video_with_every_config(name, sample_video):
+    """mmaction2's own inference API reads the top-level test_pipeline (video files)."""
+    from mmaction.apis import inference_recognizer, init_recognizer
+
+    cfg = config(name)
+    model = init_recognizer(cfg, device="cpu")
+    result = inference_recognizer(model, str(sample_video["video"]))
+    classes = next(v for k, v in CLASSES.items() if f"_{k}-rgb" in name)
+    scores = result.pred_scores.item
+    assert scores.shape == (classes,) and torch.isfinite(scores).all()

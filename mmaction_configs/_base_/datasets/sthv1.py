@@ -34,7 +34,18 @@ val_pipeline = [
     dict(type="FormatShape", input_format="NCHW"),
     dict(type="PackActionInputs"),
 ]
-test_pipeline = val_pipeline
+# Video files, for mmaction2's inference APIs (init_recognizer / inference_recognizer,
+# MMAction2Inferencer, the webcam demo), which read the top-level test_pipeline; the test
+# loader decodes the dataset's raw frames with val_pipeline.
+test_pipeline = [
+    dict(type="DecordInit"),
+    dict(type="SampleFrames", clip_len=1, frame_interval=1, num_clips=8, test_mode=True),
+    dict(type="DecordDecode"),
+    dict(type="Resize", scale=(-1, 256)),
+    dict(type="CenterCrop", crop_size=224),
+    dict(type="FormatShape", input_format="NCHW"),
+    dict(type="PackActionInputs"),
+]
 
 train_dataloader = dict(
     batch_size=8,
@@ -73,7 +84,7 @@ test_dataloader = dict(
         ann_file=ann_file_test,
         data_prefix=dict(img=data_root + "/rawframes"),
         filename_tmpl="{:05}.jpg",
-        pipeline=test_pipeline,
+        pipeline=val_pipeline,
         test_mode=True,
     ),
 )
