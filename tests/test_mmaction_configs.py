@@ -177,7 +177,13 @@ def test_num_segments_must_match_the_pipelines(tmp_path):
     (tmp_path / "list.txt").write_text("")
     validate_config(cfg)
     cfg.val_dataloader.dataset.pipeline[1].num_clips = 6
-    with pytest.raises(AdaFuseConfigError, match=r"val_dataloader.*clip_len\*num_clips=6"):
+    with pytest.raises(AdaFuseConfigError, match=r"val_dataloader.*num_clips=6 one-frame"):
+        validate_config(cfg)
+    cfg.val_dataloader.dataset.pipeline[1].num_clips = 4
+    cfg.val_dataloader.dataset.pipeline[1].twice_sample = True  # 2 test views: fine
+    validate_config(cfg)
+    cfg.train_dataloader.dataset.pipeline[1].twice_sample = True
+    with pytest.raises(AdaFuseConfigError, match=r"train_dataloader.*2 views"):
         validate_config(cfg)
 
 

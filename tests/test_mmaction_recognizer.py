@@ -217,3 +217,73 @@ def test_within_pair_accuracy_compares_each_class_with_its_partner():
     assert within_pair_accuracy(scores, [1, 2, 3]) == pytest.approx(2 / 3)
     with pytest.raises(AdaFuseConfigError, match="no clips"):
         within_pair_accuracy([], [])
+
+
+def test_multi_view_tsm_test_is_the_mean_of_its_views():
+    """mmaction2's TSM protocol (twice_sample x ThreeCrop: 6 views of T frames, view-major):
+    the gates fuse each view on its own and the head averages the views' probabilities, so
+    the 6-view score equals the mean of the 6 views predicted one by one; the metric counts
+    FLOPs per view and per video."""
+    from mmaction.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmaction")
+    torch.manual_seed(0)
+    model = MODELS.build(
+        dict(
+            type="AdaFuseRecognizer2D",
+            backbone=dict(
+                type="ResNetTSM", depth=18, pretrained=None, num_segments=4, norm_eval=False
+            ),
+            cls_head=dict(
+                type="TSMHead",
+                num_classes=5,
+                in_channels=512,
+                num_segments=4,
+                average_clips="prob",
+            ),
+            adafuse=dict(num_segments=4, hidden_size=16, input_size=32),
+            data_preprocessor=PREPROCESSOR,
+        )
+    ).eval()
+    for _, gate in iter_gates(model.backbone):
+        torch.nn.init.normal_(gate.policy_net.fc2.weight, 0.0, 0.5)  # every action taken
+    video = torch.randint(0, 255, (24, 3, 32, 32), dtype=torch.uint8)
+
+    def predict(frames: torch.Tensor) -> list:
+        from mmaction.structures import ActionDataSample
+
+        sample = ActionDataSample().set_gt_labels(torch.tensor([1]))
+        data = dict(inputs=[frames], data_samples=[sample])
+        with torch.no_grad():
+            return model(**model.data_preprocessor(data, False), mode="predict")
+
+    whole = predict(video)
+    views = [predict(video[4 * v : 4 * (v + 1)])[0].pred_scores.item for v in range(6)]
+    torch.testing.assert_close(whole[0].pred_scores.item, torch.stack(views).mean(0))
+    metric = AdaFuseMetric()
+    metric.process(None, [s.to_dict() for s in whole])
+    result = metric.compute_metrics(metric.results)
+    assert result["views"] == 6
+    assert result["gflops_real_video"] == pytest.approx(6 * result["gflops_real"])
+
+
+def test_test_views_are_counted_and_pseudo_clips_refused():
+    from adafuse_plugin.mmaction.runner import views_per_video
+
+    def sampling(**kwargs) -> list:
+        return [dict(type="SampleFrames", clip_len=1, frame_interval=1, test_mode=True, **kwargs)]
+
+    crop = [dict(type="ThreeCrop", crop_size=224)]
+    assert views_per_video(sampling(num_clips=8), 8) == 1
+    assert views_per_video(sampling(num_clips=8, twice_sample=True) + crop, 8) == 6
+    assert views_per_video([dict(type="TenCrop", crop_size=224)] + sampling(num_clips=8), 8) == 1
+    assert views_per_video([dict(type="SampleFrames", clip_len=8, num_clips=3)], 8) == 3
+    dense = dict(type="DenseSampleFrames", clip_len=1, num_clips=8, test_mode=True)
+    assert views_per_video([dense], 8) == 10
+    with pytest.raises(AdaFuseConfigError, match="num_clips=25 one-frame segments.*num_segments=5"):
+        views_per_video(sampling(num_clips=25), 5)
+    with pytest.raises(AdaFuseConfigError, match="clip_len=4 frames.*num_segments=8"):
+        views_per_video([dict(type="SampleFrames", clip_len=4, num_clips=2)], 8)
+    with pytest.raises(AdaFuseConfigError, match="UniformSample is not a sampling"):
+        views_per_video([dict(type="UniformSample", clip_len=8)], 8)

@@ -29,8 +29,10 @@ class AdaFuseMetric(AccMetric):
     average of batch averages), so the numbers equal one `audit_flops` over the split.
     Reported keys (prefix ``acc/`` by default): ``top1``, ``top5``, ``mean1``,
     ``gflops_dense``, ``gflops_real``, ``gflops_upb``, ``keep``, ``reuse``, ``skip`` and,
-    with ``per_block=True``, ``<block>/keep|reuse|skip``. GFLOPs are per clip of
-    ``num_segments`` frames at the model's ``adafuse.input_size``.
+    with ``per_block=True``, ``<block>/keep|reuse|skip``. GFLOPs are per view (a clip of
+    ``num_segments`` frames at the model's ``adafuse.input_size``); ``views`` is the number
+    of test views per video and ``gflops_dense_video`` / ``gflops_real_video`` the FLOPs of
+    all of a video's views.
 
     Args:
         per_block: also report each block's keep / reuse / skip shares.
@@ -74,10 +76,14 @@ class AdaFuseMetric(AccMetric):
                     total[field] += value
             counts.clips += result[COUNTS_FIELD].clips
         report = report_from_counts(results[0][REPORT_FIELD], counts)
+        views = counts.clips / len(results)  # test views per video (clips of T frames)
         metrics.update(
             gflops_dense=report.dense / 1e9,
             gflops_real=report.adaptive / 1e9,
             gflops_upb=report.adaptive_upb / 1e9,
+            views=views,
+            gflops_dense_video=views * report.dense / 1e9,
+            gflops_real_video=views * report.adaptive / 1e9,
             **report.mix,
         )
         if self.per_block:

@@ -105,15 +105,63 @@ def _check_dataset(name: str, dataset: Any, segments: int | None) -> None:
             )
     if segments is None:
         return
-    for step in dataset.get("pipeline") or []:
-        if step.get("type") == "SampleFrames":
-            frames = step.get("clip_len", 1) * step.get("num_clips", 1)
-            if frames != segments:
+    views = views_per_video(dataset.get("pipeline") or [], segments, where=name)
+    if views != 1 and name.startswith("train"):
+        raise AdaFuseConfigError(
+            f"{name}: the pipeline makes {views} views of each video; training takes one "
+            "clip of num_segments frames per sample (views are for testing)"
+        )
+
+
+#: Crops of one frame that each make a view (mmaction2's multi-crop test transforms).
+_CROP_VIEWS = {"ThreeCrop": 3, "TenCrop": 10}
+_SAMPLERS = ("SampleFrames", "DenseSampleFrames", "UniformSample", "UniformSampleFrames")
+
+
+def views_per_video(pipeline: list, segments: int, where: str = "pipeline") -> int:
+    """Test views per video of a pipeline, each a clip of ``segments`` frames, as mmaction2
+    lays them out (crop-major, then clips, then frames: consecutive blocks of ``segments``
+    frames are views, which the gates fuse separately and the head averages).
+
+    TSN-style sampling (``clip_len=1``) must take ``num_clips == segments`` segments, one
+    view, doubled by ``twice_sample``; clip sampling (``clip_len > 1``) must take
+    ``clip_len == segments`` frames, one view per clip; ``DenseSampleFrames`` makes one view
+    per sample position; ``ThreeCrop`` / ``TenCrop`` multiply the views.
+    """
+    views = None
+    for step in pipeline:
+        kind = step.get("type")
+        if kind in _SAMPLERS:
+            if kind not in ("SampleFrames", "DenseSampleFrames"):
                 raise AdaFuseConfigError(
-                    f"{name}: SampleFrames gives clip_len*num_clips={frames} frames per clip "
-                    f"but model.adafuse.num_segments={segments}; make them equal (multi-clip "
-                    "testing with AdaFuse is not supported)"
+                    f"{where}: {kind} is not a sampling AdaFuse can check; use SampleFrames "
+                    "(or DenseSampleFrames) with num_segments frames per view"
                 )
+            clip_len, num_clips = step.get("clip_len", 1), step.get("num_clips", 1)
+            if clip_len == 1:
+                if num_clips != segments:
+                    raise AdaFuseConfigError(
+                        f"{where}: {kind} takes num_clips={num_clips} one-frame segments but "
+                        f"model.adafuse.num_segments={segments}: AdaFuse would fuse frames of "
+                        f"pseudo-clips. Use num_clips={segments}; for more test views use "
+                        "twice_sample=True or ThreeCrop / TenCrop"
+                    )
+                views = 1
+            elif clip_len == segments:
+                views = num_clips
+            else:
+                raise AdaFuseConfigError(
+                    f"{where}: {kind} takes clips of clip_len={clip_len} frames but "
+                    f"model.adafuse.num_segments={segments}; make them equal"
+                )
+            if step.get("twice_sample"):
+                views *= 2
+            if kind == "DenseSampleFrames":
+                positions = step.get("num_sample_positions", 10)
+                views *= positions if step.get("test_mode") else 1
+        elif kind in _CROP_VIEWS and views is not None:
+            views *= _CROP_VIEWS[kind]
+    return 1 if views is None else views
 
 
 def validate_config(cfg: Any) -> None:
