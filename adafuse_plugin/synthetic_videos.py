@@ -257,19 +257,6 @@ def _drift(centre: float, change: float) -> tuple[float, float]:
     return centre - 0.5 * change, centre + 0.5 * change
 
 
-@dataclass(frozen=True)
-class _Look:
-    """The fields of `Sprite` that describe its appearance (see `_sprite_look`)."""
-
-    shape: str
-    texture: str
-    color: tuple[float, float, float]
-    texture_color: tuple[float, float, float]
-    texture_freq: float
-    texture_angle: float
-    radius: float
-
-
 def _idle_actor(rng: np.random.Generator) -> Sprite:
     """An actor whose attributes only drift slightly, start and end exchangeable."""
     look = _sprite_look(rng, float(rng.uniform(0.13, 0.18)))
@@ -294,7 +281,6 @@ def _sample_actor(
     and changes by less than the range: its first and last values are both uniform.
     """
     idle = _idle_actor(rng)
-    look = {f.name: getattr(idle, f.name) for f in dataclasses.fields(_Look)}
     (x0, x1), (y0, y1) = (idle.start.x, idle.end.x), (idle.start.y, idle.end.y)
     (s0, s1), (a0, a1) = (idle.start.scale, idle.end.scale), (idle.start.angle, idle.end.angle)
     o0, o1 = idle.start.opacity, idle.end.opacity
@@ -313,7 +299,7 @@ def _sample_actor(
         (x0, x1), (y0, y1), (s0, s1), (o0, o1) = values.values()
         start = Pose(float(x0), float(y0), float(s0), float(a0), float(o0))
         end = Pose(float(x1), float(y1), float(s1), float(a1), float(o1))
-        return Sprite(**look, start=start, end=end, wrap=(attribute,))
+        return dataclasses.replace(idle, start=start, end=end, wrap=(attribute,))
     if action == "moving_right":
         x0, x1 = rng.uniform(0.15, 0.3), rng.uniform(0.7, 0.85)
     elif action == "moving_down":
@@ -327,7 +313,7 @@ def _sample_actor(
         o0, o1 = rng.uniform(0.0, 0.1), rng.uniform(0.9, 1.0)
     start = Pose(float(x0), float(y0), float(s0), float(a0), float(o0))
     end = Pose(float(x1), float(y1), float(s1), float(a1), float(o1))
-    return Sprite(**look, start=start, end=end)
+    return dataclasses.replace(idle, start=start, end=end)
 
 
 def _sample_cycle_actor(canonical: int, rng: np.random.Generator) -> tuple[Sprite, float]:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from adafuse_plugin.demo import DemoSettings, Variant, dataset_root, train_and_test
-from adafuse_plugin.synthetic_videos import FAMILIES, PHASES, generate_dataset
+from adafuse_plugin.demo import DemoSettings, Variant, prepare_data, train_and_test
+from adafuse_plugin.synthetic_videos import FAMILIES, PHASES
 
 ACTIONS = ("keep", "reuse", "skip")
 LEARNED = (
@@ -141,20 +141,38 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> Path:
-    """Top-1 against GFLOPs per clip, error bars = std over seeds."""
+def plot(
+    rows: list[dict],
+    path: Path,
+    title: str = "Policy ablation on generated videos (ResNet-18)",
+    joined: Sequence[str] = (),
+) -> Path:
+    """Top-1 against GFLOPs per clip, error bars = std over seeds; the models named in
+    ``joined`` (a sweep) are linked by a line in FLOPs order."""
     from adafuse_plugin.report_plots import new_figure
 
-    figure = new_figure(6.4, 4.6)
+    figure = new_figure(6.8, 4.8)
     ax = figure.add_subplot()
+    sweep = sorted((r for r in rows if r["model"] in joined), key=lambda r: r["gflops"])
+    if len(sweep) > 1:
+        ax.plot([r["gflops"] for r in sweep], [r["top1"] for r in sweep], "-", color="0.6")
     for index, r in enumerate(rows):
-        ax.errorbar(r["gflops"], r["top1"], xerr=r["gflops_std"], yerr=r["top1_std"], fmt="o",
-                    color=f"C{index}", capsize=3, markersize=8, label=r["model"])  # fmt: skip
+        ax.errorbar(
+            r["gflops"],
+            r["top1"],
+            xerr=r["gflops_std"],
+            yerr=r["top1_std"],
+            fmt="o",
+            color=f"C{index % 10}",
+            capsize=3,
+            markersize=7,
+            label=r["model"],
+        )
     ax.set_xlabel("GFLOPs per clip (Eq. 5, adaptive)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Policy ablation on generated videos (ResNet-18)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path)
     return path
@@ -177,15 +195,7 @@ def main() -> None:
     )
     if args.epochs:
         settings = dataclasses.replace(settings, epochs=args.epochs)
-    data_root = dataset_root(args.out, settings)
-    generate_dataset(
-        data_root,
-        size=settings.size,
-        num_frames=16,
-        frame_size=settings.frame_size,
-        phase=settings.phase,
-        family=settings.family,
-    )
+    data_root = prepare_data(args.out, settings)
 
     results = run_phase(LEARNED, args.seeds, settings, data_root, args.out, args.workers)
 

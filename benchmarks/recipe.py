@@ -26,7 +26,7 @@ import json
 import statistics
 from pathlib import Path
 
-from ablation import ACTIONS, matched_baselines, run_phase
+from ablation import ACTIONS, matched_baselines, plot, run_phase
 
 from adafuse_plugin.demo import DemoSettings, Variant, prepare_data
 from adafuse_plugin.synthetic_videos import FAMILIES, PHASES
@@ -100,38 +100,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> Path:
-    """Top-1 against adaptive GFLOPs; the lambda sweep joined by a line."""
-    from adafuse_plugin.report_plots import new_figure
-
-    figure = new_figure(6.8, 4.8)
-    ax = figure.add_subplot()
-    sweep = [r for r in rows if r["model"].startswith("AdaFuse λ")]
-    if len(sweep) > 1:
-        ordered = sorted(sweep, key=lambda r: r["gflops"])
-        ax.plot([r["gflops"] for r in ordered], [r["top1"] for r in ordered], "-", color="0.6")
-    for index, r in enumerate(rows):
-        ax.errorbar(
-            r["gflops"],
-            r["top1"],
-            xerr=r["gflops_std"],
-            yerr=r["top1_std"],
-            fmt="o",
-            color=f"C{index % 10}",
-            capsize=3,
-            markersize=7,
-            label=r["model"],
-        )
-    ax.set_xlabel("GFLOPs per clip (Eq. 5, adaptive)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Pretrain, then adapt (ResNet-18, generated videos)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    figure.savefig(path)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -179,7 +147,10 @@ def main() -> None:
     (args.out / "recipe.md").write_text(table + "\n")
     report = {"settings": dataclasses.asdict(settings), "summary": rows, "results": results}
     (args.out / "recipe.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {plot(rows, args.out / 'recipe.png')}, recipe.md, recipe.json")
+    title = "Pretrain, then adapt (ResNet-18, generated videos)"
+    sweep = [r["model"] for r in rows if r["model"].startswith("AdaFuse λ")]
+    path = plot(rows, args.out / "recipe.png", title, sweep)
+    print(f"written: {path}, recipe.md, recipe.json")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ sessions that have a GPU; its numbers are recorded in docs/gpu.md, never asserte
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,20 @@ def test_gpu_timings_without_a_gpu_exits_cleanly():
         timeout=300,
     )
     assert done.returncode == 0 and "no CUDA device" in done.stdout
+
+
+@pytest.mark.slow
+def test_recipe_benchmark_runs_end_to_end(tmp_path):
+    """Pretrain, adapt from the pretrained weights, matched baselines, table and plot."""
+    pytest.importorskip("mmaction")
+    options = "--size tiny --epochs 1 --adapt-epochs 1 --lambdas 0.05 --seeds 0 --workers 1"
+    script = str(ROOT / "benchmarks" / "recipe.py")
+    command = [sys.executable, script, *options.split(), "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "recipe.json").read_text())
+    models = [row["model"] for row in report["summary"]]
+    assert models[:2] == ["TSN", "TSM"] and "AdaFuse-TSM+Last" in models and "Random" in models
+    adapted = next(r for r in report["results"] if r["model"] == "AdaFuse λ=0.05")
+    assert 0.0 <= adapted["within_pair"] <= 1.0
+    assert (tmp_path / "recipe.png").stat().st_size > 10_000
