@@ -200,10 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="train TSN / AdaFuse-TSN / AdaFuse-TSM R18 with mmaction2 on generated videos (CPU)",
-        description="Generate (cached) synthetic videos, train TSN-R18, AdaFuse-TSN-R18 and "
-        "AdaFuse-TSM-R18 with mmengine's Runner through mmaction2's video pipeline, test them "
-        "with AdaFuseMetric, print a table and write report.json plus PNG plots.",
+        help="pretrain TSN / TSM R18, adapt AdaFuse from them, with mmaction2 on CPU",
+        description="Generate (cached) synthetic videos (or read --data DIR), train TSN-R18 "
+        "and TSM-R18, then adapt AdaFuse-TSN, AdaFuse-TSM and AdaFuse-TSM+Last from their "
+        "weights (the paper's recipe) with mmengine's Runner through mmaction2's video "
+        "pipeline, test them with AdaFuseMetric, print a table and write report.json plus "
+        "PNG plots.",
     )
     demo.add_argument("--output-dir", default="adafuse_demo_output",
                       help="report, plots, work dirs and the cached dataset go here")  # fmt: skip

@@ -12,7 +12,7 @@ pytest.importorskip("matplotlib")
 from adafuse_plugin.cli import main  # noqa: E402
 from adafuse_plugin.demo import format_table  # noqa: E402
 
-MODELS = ["TSN-R18", "AdaFuse-TSN-R18", "AdaFuse-TSM-R18"]
+MODELS = ["TSN-R18", "TSM-R18", "AdaFuse-TSN-R18", "AdaFuse-TSM-R18", "AdaFuse-TSM+Last-R18"]
 
 
 def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
@@ -30,16 +30,20 @@ def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
     for name in MODELS:
         assert any(line.startswith(name + " ") for line in out.splitlines()), name
 
-    tsn, ada_tsn, ada_tsm = results
-    assert tsn["adaptive_gflops"] == tsn["dense_gflops"]  # keep-only saves nothing
-    assert tsn["saving"] == 0.0 and tsn["mix"] == {"keep": 1.0, "reuse": 0.0, "skip": 0.0}
-    for row in (ada_tsn, ada_tsm):
+    tsn, tsm, ada_tsn, ada_tsm, ada_last = results
+    for plain in (tsn, tsm):
+        assert plain["adaptive_gflops"] == plain["dense_gflops"]  # keep-only saves nothing
+        assert plain["saving"] == 0.0
+        assert plain["mix"] == {"keep": 1.0, "reuse": 0.0, "skip": 0.0}
+    for row in (ada_tsn, ada_tsm, ada_last):
         assert row["dense_gflops"] == pytest.approx(tsn["dense_gflops"])  # same backbone
         assert 0 < row["adaptive_gflops"] < row["dense_gflops"]
         assert row["saving"] > 0
         assert sum(row["mix"].values()) == pytest.approx(1.0)
-        assert len(row["blocks"]) == 8 and "layer4.1" in row["blocks"]
         assert row["params"] > tsn["params"]  # the policy networks
+    for row in (ada_tsn, ada_tsm):
+        assert len(row["blocks"]) == 8 and "layer4.1" in row["blocks"]
+    assert sorted(ada_last["blocks"]) == ["layer4.0", "layer4.1"]  # the last stage only
     for row in results:
         assert 0.0 <= row["top1"] <= 1.0 and row["train_seconds"] > 0
         assert 0.0 <= row["within_pair"] <= 1.0  # the generated classes come in pairs
