@@ -100,6 +100,118 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def mix_per_epoch(results: list[dict], model: str) -> dict[str, list[float]]:
+    """Training keep / reuse / skip shares of ``model`` per epoch, mean over seeds, from the
+    runs' mmengine scalars (``vis_data/scalars.json``)."""
+    per_seed = []
+    for r in (r for r in results if r["model"] == model):
+        scalars = next(Path(r["checkpoint"]).parent.glob("*/vis_data/scalars.json"))
+        epochs: dict[int, dict[str, list[float]]] = {}
+        for line in scalars.read_text().splitlines():
+            entry = json.loads(line)
+            if "keep_ratio" in entry:
+                shares = epochs.setdefault(entry["epoch"], {a: [] for a in ACTIONS})
+                for action in ACTIONS:
+                    shares[action].append(entry[f"{action}_ratio"])
+        per_seed.append(
+            [{a: statistics.mean(v[a]) for a in ACTIONS} for _, v in sorted(epochs.items())]
+        )
+    return {
+        a: [statistics.mean(seed[e][a] for seed in per_seed) for e in range(len(per_seed[0]))]
+        for a in ACTIONS
+    }
+
+
+def plot_mix_per_epoch(mix: dict[str, list[float]], model: str, path: Path) -> Path:
+    from adafuse_plugin.report_plots import COLORS, new_figure
+
+    figure = new_figure(6.0, 3.6)
+    ax = figure.add_subplot()
+    for action, shares in mix.items():
+        ax.plot(
+            range(1, len(shares) + 1),
+            [100 * v for v in shares],
+            "-o",
+            markersize=3,
+            color=COLORS[action],
+            label=action,
+        )
+    ax.set_xlabel("adaptation epoch")
+    ax.set_ylabel("share of decisions in training (%)")
+    ax.set_title(f"Policy mix per epoch: {model} (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def _curve_at(sweep: list[dict], gflops: float) -> float | None:
+    """Top-1 of the lambda sweep (sorted by FLOPs) linearly interpolated at ``gflops``;
+    None outside its range (5 % slack at the ends)."""
+    points = [(r["gflops"], r["top1"]) for r in sweep]
+    if not points or not points[0][0] / 1.05 <= gflops <= points[-1][0] * 1.05:
+        return None
+    if gflops <= points[0][0]:
+        return points[0][1]
+    for (f0, t0), (f1, t1) in zip(points, points[1:]):
+        if f0 <= gflops <= f1:
+            return t0 + (t1 - t0) * (gflops - f0) / (f1 - f0) if f1 > f0 else max(t0, t1)
+    return points[-1][1]
+
+
+def targets(rows: list[dict], adafuse: str) -> list[str]:
+    """The issue's targets, each with its measured values and met / missed."""
+    by = {r["model"]: r for r in rows}
+    tsn, tsm, ada = by["TSN"], by["TSM"], by[adafuse]
+
+    def compared(row: dict, base: dict) -> str:
+        share = 100 * row["flops_share"]
+        return f"{row['top1']:.1f} vs {base['top1']:.1f}, {share:.0f} % of the FLOPs"
+
+    checks = [
+        (
+            "TSN near chance within pairs (<= 60 %)",
+            tsn["within_pair"] <= 60,
+            f"{tsn['within_pair']:.1f} %",
+        ),
+        ("TSM >= 90 % within pairs", tsm["within_pair"] >= 90, f"{tsm['within_pair']:.1f} %"),
+        (
+            f"{adafuse} >= TSN + 30 points at <= 70 % of TSN's FLOPs",
+            ada["top1"] >= tsn["top1"] + 30 and ada["flops_share"] <= 0.70,
+            compared(ada, tsn),
+        ),
+    ]
+    for name, points, share in (("AdaFuse-TSM+Last", 1, 0.95), ("AdaFuse-TSM", 3, 0.65)):
+        row = by[name]
+        met = row["top1"] >= tsm["top1"] - points and row["flops_share"] <= share
+        checks.append(
+            (
+                f"{name} >= TSM - {points} at <= {100 * share:.0f} % of the FLOPs",
+                met,
+                compared(row, tsm),
+            )
+        )
+    sweep = [r for r in rows if r["model"].startswith("AdaFuse λ")]
+    sweep.sort(key=lambda r: r["gflops"])
+    for other in rows:
+        if other["model"].split(" ")[0] not in ("Ada.", "Random", "Threshold"):
+            continue
+        curve = _curve_at(sweep, other["gflops"])
+        there = "out of the curve's FLOPs range" if curve is None else f"curve {curve:.1f}"
+        checks.append(
+            (
+                f"AdaFuse's lambda curve on or above {other['model']} at its FLOPs",
+                curve is not None and curve >= other["top1"],
+                f"{other['top1']:.1f} at {other['gflops']:.3f} GF; {there}",
+            )
+        )
+    checks.append(
+        (f"{adafuse} seed spread <= 5 points", ada["top1_std"] <= 5, f"± {ada['top1_std']:.1f}")
+    )
+    return [f"- [{'x' if ok else ' '}] {text}: {value}" for text, ok, value in checks]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -113,6 +225,11 @@ def main() -> None:
     parser.add_argument("--adapt-lr", type=float, default=5e-4)
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--out", type=Path, default=Path("recipe_output"))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="no training: summarise, check and plot the runs in --out/recipe.json again",
+    )
     args = parser.parse_args()
     settings = DemoSettings(
         size=args.size,
@@ -126,6 +243,9 @@ def main() -> None:
         family=args.family,
         data=args.data,
     )
+    if args.report_only:
+        saved = json.loads((args.out / "recipe.json").read_text())
+        return report(saved["results"], DemoSettings(**saved["settings"]), args)
     data_root = prepare_data(args.out, settings)
 
     def phase(variants, trained=()):
@@ -140,13 +260,28 @@ def main() -> None:
         return [dataclasses.replace(v, init_from="TSN") for v in matched_baselines(adafuse)]
 
     results += phase(matched, results)
+    report(results, settings, args)
+
+
+def report(results: list[dict], settings: DemoSettings, args: argparse.Namespace) -> None:
+    """Print and write the table, the targets, the JSON and the plots of all runs."""
     rows = summarise(results)
     table = markdown(rows)
     print(f"\nsettings: {dataclasses.asdict(settings)}\n\n{table}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recipe.md").write_text(table + "\n")
-    report = {"settings": dataclasses.asdict(settings), "summary": rows, "results": results}
-    (args.out / "recipe.json").write_text(json.dumps(report, indent=2) + "\n")
+    data = {"settings": dataclasses.asdict(settings), "summary": rows, "results": results}
+    (args.out / "recipe.json").write_text(json.dumps(data, indent=2) + "\n")
+    first_name = f"AdaFuse λ={args.lambdas[0]:g}"
+    checks = "\n".join(targets(rows, first_name))
+    print(f"\ntargets:\n{checks}")
+    (args.out / "recipe.md").write_text(f"{table}\n\nTargets:\n\n{checks}\n")
+    from adafuse_plugin.report_plots import plot_block_policies
+
+    seed = args.seeds[0]
+    adafuse_runs = [r for r in results if r["seed"] == seed and r["policy"] != "keep"]
+    plot_block_policies(adafuse_runs, args.out / "recipe_blocks.png")
+    mix = mix_per_epoch(results, first_name)
+    plot_mix_per_epoch(mix, first_name, args.out / "recipe_mix_per_epoch.png")
     title = "Pretrain, then adapt (ResNet-18, generated videos)"
     sweep = [r["model"] for r in rows if r["model"].startswith("AdaFuse λ")]
     path = plot(rows, args.out / "recipe.png", title, sweep)
