@@ -162,6 +162,10 @@ def test_static_policy_hits_the_cache():
     clip = torch.randn(1, 3, SIZE, SIZE).expand(frames, -1, -1, -1).contiguous()
     runner = StreamingRunner(model, record_decisions=True, dense_fallback="never")
     assert_matches(model, runner, clip)
+    uncached = StreamingRunner(model, record_decisions=True, dense_fallback="never", cache_size=0)
+    assert_matches(model, uncached, clip)
+    hits, misses = runner.execution_modes(), uncached.execution_modes()
+    assert hits.get("packed", 0) > misses.get("packed", 0)  # recurring selections were reused
 
 
 def test_eager_backend_matches():

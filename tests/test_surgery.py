@@ -235,7 +235,12 @@ def test_unpatch_or_decisions_of_an_unpatched_model(resnet18):
         af.collect_decisions(resnet18)
 
 
-def test_adapter_that_does_not_fit_its_class_names_the_path():
+def test_adapter_that_does_not_fit_its_class_names_the_path(monkeypatch):
+    from adafuse_plugin import adapters
+
+    # Registered for this test only: the registry is restored afterwards.
+    monkeypatch.setattr(adapters, "_REGISTRY", dict(adapters._REGISTRY))
+
     class OddBlock(nn.Module):
         def __init__(self):
             super().__init__()
@@ -251,8 +256,9 @@ def test_adapter_that_does_not_fit_its_class_names_the_path():
     with pytest.raises(af.AdaFusePatchError, match=r"OddBlock has no submodule 'conv1'"):
         af.patch_model(nn.Sequential(OddBlock()), num_segments=1)
     with pytest.raises(af.AdaFusePatchError, match="already registered"):
-        af.register_block_adapter(OddBlock, first_stage="first", first_conv="first",
-                                  second_conv="second")  # fmt: skip
+        af.register_block_adapter(
+            OddBlock, first_stage="first", first_conv="first", second_conv="second"
+        )
 
 
 @pytest.mark.parametrize(
