@@ -226,6 +226,14 @@ def main() -> None:
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--out", type=Path, default=Path("recipe_output"))
     parser.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="reuse the pretrained TSN / TSM runs (results and checkpoints) of an earlier "
+        "--out folder instead of training them again",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="no training: summarise, check and plot the runs in --out/recipe.json again",
@@ -251,7 +259,14 @@ def main() -> None:
     def phase(variants, trained=()):
         return run_phase(variants, args.seeds, settings, data_root, args.out, args.workers, trained)
 
-    results = phase(PRETRAINED)
+    if args.pretrained is not None:
+        earlier = json.loads((args.pretrained / "recipe.json").read_text())["results"]
+        names = {v.name for v in PRETRAINED}
+        results = [r for r in earlier if r["model"] in names and r["seed"] in args.seeds]
+        if len(results) != len(names) * len(args.seeds):
+            raise SystemExit(f"{args.pretrained}: no pretrained TSN / TSM run for every seed")
+    else:
+        results = phase(PRETRAINED)
     results += phase(adapted(args.lambdas), results)
     first = f"AdaFuse λ={args.lambdas[0]:g}"
 
