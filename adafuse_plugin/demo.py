@@ -3,7 +3,7 @@ on CPU, with the paper's recipe: plain models first, AdaFuse adapted from their 
 
 Generates (and caches) the synthetic temporal-reasoning videos, then for each model builds an
 mmaction2 config from the small synthetic config
-(``mmaction_configs/adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py``), trains it with
+(``adafuse_plugin/configs/adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py``), trains it with
 mmengine's ``Runner`` through the real data pipeline (``VideoDataset``, decord decoding,
 ``SampleFrames``, ``Resize``), tests it on the test split with ``AdaFuseMetric`` (top-1, dense
 and adaptive GFLOPs, keep / reuse / skip mix, per block), prints a table and writes a report
@@ -85,8 +85,9 @@ QUICK = dict(size="tiny", epochs=2, adapt_epochs=1)
 
 
 def config_dir() -> Path:
-    """The repository's ``mmaction_configs`` folder (the package is installed editable)."""
-    return Path(__file__).resolve().parents[1] / "mmaction_configs"
+    """The shipped mmaction2 configs: package data, so installed wheels have them too
+    (``mmaction_configs/`` in a source checkout links here)."""
+    return Path(__file__).resolve().parent / "configs"
 
 
 def _set_pipeline(pipeline: list, num_frames: int, frame_size: int) -> None:

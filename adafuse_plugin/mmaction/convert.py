@@ -330,8 +330,10 @@ def convert_checkpoint(
 
 
 def shipped_config(name: str) -> Path:
-    """Path of a config in ``mmaction_configs/`` next to the package (a source checkout)."""
-    path = Path(__file__).resolve().parents[2] / "mmaction_configs" / name
+    """Path of a shipped config (package data: ``adafuse_plugin/configs``)."""
+    from ..demo import config_dir
+
+    path = config_dir() / name
     if not path.is_file():
         raise AdaFuseCheckpointError(
             f"the shipped config {name} is not at {path}; pass --config with its path"
