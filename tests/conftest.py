@@ -77,3 +77,20 @@ def resnet18() -> nn.Module:
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     return randomize_norms(timm.create_model("resnet18", num_classes=5))
+
+
+@pytest.fixture
+def spread_resnet18():
+    """Builds a patched timm ResNet-18 (5 classes, random BatchNorm statistics) whose
+    policies take every action (fc2 weights drawn wide): ``spread_resnet18(num_segments)``."""
+    timm = pytest.importorskip("timm")
+
+    def build(num_segments: int) -> nn.Module:
+        torch.manual_seed(0)
+        net = randomize_norms(timm.create_model("resnet18", num_classes=5))
+        af.patch_model(net, num_segments=num_segments)
+        for _, gate in af.iter_gates(net):
+            nn.init.normal_(gate.policy_net.fc2.weight, 0.0, 0.5)
+        return net
+
+    return build

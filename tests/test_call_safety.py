@@ -20,15 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def model() -> nn.Module:
-    """A patched ResNet-18 whose policies take every action (random fc2 weights)."""
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    net = randomize_norms(timm.create_model("resnet18", num_classes=5))
-    af.patch_model(net, num_segments=2)
-    for _, gate in af.iter_gates(net):
-        nn.init.normal_(gate.policy_net.fc2.weight, 0.0, 0.5)
-    return net
+def model(spread_resnet18) -> nn.Module:
+    """A patched ResNet-18 (2 frames per clip) whose policies take every action."""
+    return spread_resnet18(2)
 
 
 def _replicate(module: nn.Module) -> nn.Module:

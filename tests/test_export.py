@@ -14,21 +14,13 @@ from torch import nn
 import adafuse_plugin as af
 from adafuse_plugin.export import WithDecisions, export_onnx, export_program
 
-from .conftest import randomize_norms
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def model() -> nn.Module:
+def model(spread_resnet18) -> nn.Module:
     """A patched eval ResNet-18 (4 frames per clip) whose policies take every action."""
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    net = randomize_norms(timm.create_model("resnet18", num_classes=5))
-    af.patch_model(net, num_segments=4)
-    for _, gate in af.iter_gates(net):
-        nn.init.normal_(gate.policy_net.fc2.weight, 0.0, 0.5)
-    return net.eval()
+    return spread_resnet18(4).eval()
 
 
 def _eager(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
