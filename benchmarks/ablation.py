@@ -87,9 +87,14 @@ def run_phase(
             work_dir = out / "work_dirs" / f"{variant.name.replace(' ', '_')}-seed{seed}"
             load_from = checkpoints[variant.init_from, seed] if variant.init_from else None
             jobs.append((variant, seeded, str(data_root), str(work_dir), load_from))
+    results = []
+    out.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        runs = tqdm(pool.map(run_job, jobs), total=len(jobs), desc="ablation", unit="run")
-        return list(runs)
+        for result in tqdm(pool.map(run_job, jobs), total=len(jobs), desc="runs", unit="run"):
+            results.append(result)
+            with open(out / "runs.jsonl", "a") as log:  # every finished run, as it finishes
+                log.write(json.dumps(result) + "\n")
+    return results
 
 
 def _mean_std(values: list[float], scale: float = 1.0) -> tuple[float, float]:

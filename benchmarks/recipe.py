@@ -32,6 +32,22 @@ from adafuse_plugin.demo import DemoSettings, Variant, prepare_data
 from adafuse_plugin.synthetic_videos import FAMILIES, PHASES
 
 PRETRAINED = (Variant("TSN", "tsn", "keep"), Variant("TSM", "tsm", "keep"))
+#: The settings that shape the pretrained runs (``--pretrained`` reuses runs that agree).
+PRETRAINING = (
+    "size",
+    "epochs",
+    "num_frames",
+    "frame_size",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "dropout",
+    "data",
+    "phase",
+    "family",
+)
 
 
 def adapted(lambdas: list[float]) -> list[Variant]:
@@ -161,39 +177,53 @@ def _curve_at(sweep: list[dict], gflops: float) -> float | None:
 
 
 def targets(rows: list[dict], adafuse: str) -> list[str]:
-    """The issue's targets, each with its measured values and met / missed."""
+    """The issue's targets, each with its measured values and met / missed ("not run" where
+    a sweep cut short lacks a model)."""
     by = {r["model"]: r for r in rows}
-    tsn, tsm, ada = by["TSN"], by["TSM"], by[adafuse]
+    checks: list[tuple[str, bool, str]] = []
+
+    def check(text: str, names: tuple[str, ...], test, describe) -> None:
+        if any(name not in by for name in names):
+            missing = ", ".join(name for name in names if name not in by)
+            checks.append((text, False, f"not run ({missing})"))
+        else:
+            found = [by[name] for name in names]
+            checks.append((text, test(*found), describe(*found)))
 
     def compared(row: dict, base: dict) -> str:
         share = 100 * row["flops_share"]
         return f"{row['top1']:.1f} vs {base['top1']:.1f}, {share:.0f} % of the FLOPs"
 
-    checks = [
-        (
-            "TSN near chance within pairs (<= 60 %)",
-            tsn["within_pair"] <= 60,
-            f"{tsn['within_pair']:.1f} %",
-        ),
-        ("TSM >= 90 % within pairs", tsm["within_pair"] >= 90, f"{tsm['within_pair']:.1f} %"),
-        (
-            f"{adafuse} >= TSN + 30 points at <= 70 % of TSN's FLOPs",
-            ada["top1"] >= tsn["top1"] + 30 and ada["flops_share"] <= 0.70,
-            compared(ada, tsn),
-        ),
-    ]
+    check(
+        "TSN near chance within pairs (<= 60 %)",
+        ("TSN",),
+        lambda tsn: tsn["within_pair"] <= 60,
+        lambda tsn: f"{tsn['within_pair']:.1f} %",
+    )
+    check(
+        "TSM >= 90 % within pairs",
+        ("TSM",),
+        lambda tsm: tsm["within_pair"] >= 90,
+        lambda tsm: f"{tsm['within_pair']:.1f} %",
+    )
+    check(
+        f"{adafuse} >= TSN + 30 points at <= 70 % of TSN's FLOPs",
+        (adafuse, "TSN"),
+        lambda ada, tsn: ada["top1"] >= tsn["top1"] + 30 and ada["flops_share"] <= 0.70,
+        compared,
+    )
     for name, points, share in (("AdaFuse-TSM+Last", 1, 0.95), ("AdaFuse-TSM", 3, 0.65)):
-        row = by[name]
-        met = row["top1"] >= tsm["top1"] - points and row["flops_share"] <= share
-        checks.append(
-            (
-                f"{name} >= TSM - {points} at <= {100 * share:.0f} % of the FLOPs",
-                met,
-                compared(row, tsm),
-            )
+        check(
+            f"{name} >= TSM - {points} at <= {100 * share:.0f} % of the FLOPs",
+            (name, "TSM"),
+            lambda row, tsm, p=points, s=share: (
+                row["top1"] >= tsm["top1"] - p and row["flops_share"] <= s
+            ),
+            compared,
         )
-    sweep = [r for r in rows if r["model"].startswith("AdaFuse λ")]
-    sweep.sort(key=lambda r: r["gflops"])
+    sweep = sorted(
+        (r for r in rows if r["model"].startswith("AdaFuse λ")), key=lambda r: r["gflops"]
+    )
     for other in rows:
         if other["model"].split(" ")[0] not in ("Ada.", "Random", "Threshold"):
             continue
@@ -206,8 +236,11 @@ def targets(rows: list[dict], adafuse: str) -> list[str]:
                 f"{other['top1']:.1f} at {other['gflops']:.3f} GF; {there}",
             )
         )
-    checks.append(
-        (f"{adafuse} seed spread <= 5 points", ada["top1_std"] <= 5, f"± {ada['top1_std']:.1f}")
+    check(
+        f"{adafuse} seed spread <= 5 points",
+        (adafuse,),
+        lambda ada: ada["top1_std"] <= 5,
+        lambda ada: f"± {ada['top1_std']:.1f} ({ada['seeds']} seeds)",
     )
     return [f"- [{'x' if ok else ' '}] {text}: {value}" for text, ok, value in checks]
 
@@ -220,9 +253,13 @@ def main() -> None:
     parser.add_argument("--phase", choices=PHASES, default="random")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="motion")
     parser.add_argument("--data", default=None, metavar="DIR", help="your own video-list folder")
+    parser.add_argument("--frame-size", type=int, default=32, help="frames are SxS pixels")
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
     parser.add_argument("--adapt-epochs", type=int, default=10)
     parser.add_argument("--adapt-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--policy-lr-mult", type=float, default=10.0, help="policy nets' lr / the model's lr"
+    )
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--out", type=Path, default=Path("recipe_output"))
     parser.add_argument(
@@ -231,17 +268,25 @@ def main() -> None:
         default=None,
         metavar="OUT",
         help="reuse the pretrained TSN / TSM runs (results and checkpoints) of an earlier "
-        "--out folder instead of training them again",
+        "--out folder with the same settings; seeds it lacks are trained",
+    )
+    parser.add_argument(
+        "--pretrain-only",
+        action="store_true",
+        help="train and test TSN and TSM only (to compare pretraining settings)",
     )
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="no training: summarise, check and plot the runs in --out/recipe.json again",
+        help="no training: summarise, check and plot the runs in --out/recipe.json (or, "
+        "for a sweep cut short, --out/runs.jsonl) again",
     )
     args = parser.parse_args()
     settings = DemoSettings(
         size=args.size,
+        frame_size=args.frame_size,
         epochs=args.epochs,
+        policy_lr_mult=args.policy_lr_mult,
         adapt_epochs=args.adapt_epochs,
         adapt_lr=args.adapt_lr,
         num_workers=0,
@@ -252,21 +297,34 @@ def main() -> None:
         data=args.data,
     )
     if args.report_only:
-        saved = json.loads((args.out / "recipe.json").read_text())
-        return report(saved["results"], DemoSettings(**saved["settings"]), args)
+        saved = args.out / "recipe.json"
+        if saved.is_file():
+            data = json.loads(saved.read_text())
+            return report(data["results"], DemoSettings(**data["settings"]), args)
+        # A sweep cut short: the runs it finished, with the settings given now.
+        lines = (args.out / "runs.jsonl").read_text().splitlines()
+        return report([json.loads(line) for line in lines], settings, args)
     data_root = prepare_data(args.out, settings)
 
-    def phase(variants, trained=()):
-        return run_phase(variants, args.seeds, settings, data_root, args.out, args.workers, trained)
+    def phase(variants, trained=(), seeds=args.seeds):
+        return run_phase(variants, seeds, settings, data_root, args.out, args.workers, trained)
 
+    results = []
     if args.pretrained is not None:
-        earlier = json.loads((args.pretrained / "recipe.json").read_text())["results"]
+        earlier = json.loads((args.pretrained / "recipe.json").read_text())
+        now = dataclasses.asdict(settings)
+        differ = [k for k in PRETRAINING if earlier["settings"].get(k) != now[k]]
+        if differ:
+            raise SystemExit(f"{args.pretrained} was pretrained with other {', '.join(differ)}")
         names = {v.name for v in PRETRAINED}
-        results = [r for r in earlier if r["model"] in names and r["seed"] in args.seeds]
-        if len(results) != len(names) * len(args.seeds):
-            raise SystemExit(f"{args.pretrained}: no pretrained TSN / TSM run for every seed")
-    else:
-        results = phase(PRETRAINED)
+        results = [r for r in earlier["results"] if r["model"] in names and r["seed"] in args.seeds]
+    have = {(r["model"], r["seed"]) for r in results}
+    missing = [s for s in args.seeds if any((v.name, s) not in have for v in PRETRAINED)]
+    results = [r for r in results if r["seed"] not in missing]
+    if missing:
+        results += phase(PRETRAINED, seeds=missing)
+    if args.pretrain_only:
+        return report(results, settings, args)
     results += phase(adapted(args.lambdas), results)
     first = f"AdaFuse λ={args.lambdas[0]:g}"
 
@@ -286,6 +344,9 @@ def report(results: list[dict], settings: DemoSettings, args: argparse.Namespace
     args.out.mkdir(parents=True, exist_ok=True)
     data = {"settings": dataclasses.asdict(settings), "summary": rows, "results": results}
     (args.out / "recipe.json").write_text(json.dumps(data, indent=2) + "\n")
+    if args.pretrain_only:
+        (args.out / "recipe.md").write_text(f"{table}\n")
+        return
     first_name = f"AdaFuse λ={args.lambdas[0]:g}"
     checks = "\n".join(targets(rows, first_name))
     print(f"\ntargets:\n{checks}")
@@ -294,9 +355,11 @@ def report(results: list[dict], settings: DemoSettings, args: argparse.Namespace
 
     seed = args.seeds[0]
     adafuse_runs = [r for r in results if r["seed"] == seed and r["policy"] != "keep"]
-    plot_block_policies(adafuse_runs, args.out / "recipe_blocks.png")
-    mix = mix_per_epoch(results, first_name)
-    plot_mix_per_epoch(mix, first_name, args.out / "recipe_mix_per_epoch.png")
+    if adafuse_runs:
+        plot_block_policies(adafuse_runs, args.out / "recipe_blocks.png")
+    if any(r["model"] == first_name for r in results):
+        mix = mix_per_epoch(results, first_name)
+        plot_mix_per_epoch(mix, first_name, args.out / "recipe_mix_per_epoch.png")
     title = "Pretrain, then adapt (ResNet-18, generated videos)"
     sweep = [r["model"] for r in rows if r["model"].startswith("AdaFuse λ")]
     path = plot(rows, args.out / "recipe.png", title, sweep)

@@ -496,6 +496,24 @@ def test_work_dir_config_is_parsed_not_executed(tmp_path):
     assert cfg.model.to_dict() == dict(type="R", depth=-50, tags=["a", ("b", 1.5)], on=True, n=None)
 
 
+def test_mmengine_dumps_with_non_identifier_keys_load(tmp_path):
+    """mmengine writes ``dict({'.key.': ...})`` for keys that are no identifiers (e.g.
+    ``paramwise_cfg.custom_keys``); the safe loader reads them and still refuses code."""
+    from mmengine.config import Config
+
+    from adafuse_plugin.mmaction.runner import load_config_dump
+
+    options = {".adafuse.": dict(lr_mult=10.0), "backbone.layer1": dict(decay_mult=0.0)}
+    optim_wrapper = dict(paramwise_cfg=dict(custom_keys=options), clip_grad=None)
+    dump = tmp_path / "dump.py"
+    Config(dict(optim_wrapper=optim_wrapper)).dump(dump)
+    assert "dict({" in dump.read_text()  # mmengine's own form, not written by hand
+    assert load_config_dump(dump).optim_wrapper.to_dict() == optim_wrapper
+    dump.write_text("x = dict(__import__('os').environ)\n")
+    with pytest.raises(AdaFuseConfigError, match="is not a plain value"):
+        load_config_dump(dump)
+
+
 def test_unsafe_opt_in_ends_with_its_command(monkeypatch):
     """`--allow-unsafe-checkpoints` holds while its command runs, not afterwards."""
     from adafuse_plugin import cli

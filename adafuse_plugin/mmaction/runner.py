@@ -27,7 +27,7 @@ def load_config(path: str | os.PathLike, options: dict | None = None) -> Any:
 
 
 def _plain_value(node: ast.expr, path: Path) -> Any:
-    """The value of a literal, ``dict(k=...)``, list, tuple or dict expression; anything
+    """The value of a literal, ``dict(k=...)``, ``dict({...})``, list, tuple or dict; anything
     else (calls, names, attribute access) is refused, so nothing is executed."""
     if isinstance(node, ast.Constant):
         return node.value
@@ -45,10 +45,12 @@ def _plain_value(node: ast.expr, path: Path) -> Any:
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
         and node.func.id == "dict"
-        and not node.args
+        and len(node.args) <= 1
         and all(kw.arg is not None for kw in node.keywords)
     ):
-        return {kw.arg: _plain_value(kw.value, path) for kw in node.keywords}
+        # mmengine dumps keys that are no identifiers as dict({'.key.': ...}).
+        items = dict(_plain_value(node.args[0], path)) if node.args else {}
+        return items | {kw.arg: _plain_value(kw.value, path) for kw in node.keywords}
     raise AdaFuseConfigError(
         f"{path}:{node.lineno}: {ast.unparse(node)[:80]!r} is not a plain value; a config "
         "dump holds only literals and dict(...), so this file was edited or is not one. "
