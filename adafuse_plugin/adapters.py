@@ -199,6 +199,11 @@ def _register_builtin_adapters() -> None:
     torchvision_resnet = BlockAdapter("bn1", "conv1", "conv2")
     for name in ("BasicBlock", "Bottleneck"):
         register_block_adapter(f"torchvision.models.resnet.{name}", torchvision_resnet)
+    # A dense layer (mmaction2's TSN with a torchvision DenseNet): norm-act-conv twice, no
+    # residual add; its own relu2 sits between the two convs.
+    register_block_adapter(
+        "torchvision.models.densenet._DenseLayer", BlockAdapter("relu2", "conv1", "conv2")
+    )
     # mmaction2: mmcv ConvModule stages; ResNetTSM shares these classes (its
     # TemporalShift wraps conv1.conv, which stays inside the conv1 stage).
     mm_resnet = BlockAdapter("conv1", "conv1.conv", "conv2.conv")

@@ -194,6 +194,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tools(args: argparse.Namespace) -> int:
+    from .mmaction.tools import run_tool
+
+    return run_tool(args.tool, args.tool_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adafuse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -309,6 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--json", action="store_true", help="print JSON instead of a table")
     audit.set_defaults(func=_audit)
+
+    tools = commands.add_parser(
+        "tools",
+        help="run one of mmaction2's own tools (train, test, get_flops...) with AdaFuse "
+        "registered and 'mmaction::' configs working",
+        description="Runs the script mmaction2 installs under mmaction/.mim/tools exactly as "
+        "`python tools/NAME.py ARGS...`, after the compatibility fixes that 'mmaction::' "
+        "configs need on a current setuptools. Example: adafuse tools train CONFIG "
+        "--work-dir work_dirs/x; adafuse tools get_flops CONFIG --shape 1 8 3 224 224.",
+    )
+    tools.add_argument("tool", help="the tool's file name without .py: train, test, get_flops...")
+    tools.add_argument("tool_args", nargs=argparse.REMAINDER, help="the tool's own arguments")
+    tools.set_defaults(func=_tools)
     return parser
 
 

@@ -12,10 +12,14 @@ AdaFuse weights missing) and adapts for ``--adapt-epochs`` at ``--adapt-lr``:
 - from TSM: AdaFuse-TSM and AdaFuse-TSM+Last (gates in the last stage only).
 
 Every run is trained and tested like ``adafuse demo`` (mmaction2 pipeline,
-``AdaFuseMetric`` with within-pair accuracy). Writes ``recipe.md`` (mean ± std over seeds),
-``recipe.json`` (every run) and ``recipe.png`` (top-1 against GFLOPs) to ``--out``.
+``AdaFuseMetric`` with within-pair accuracy), at the recipe's settings by default: 64x64
+frames, ``medium`` data (chosen by the pretraining grid of docs/results.md; about 9 minutes
+for both families on a 16-core GPU machine, ``benchmarks/recipe_gpu.sh``, hours on 2 CPU
+cores). Writes ``recipe.md`` (mean ± std over seeds, the targets), ``recipe.json`` (every
+run), ``runs.jsonl`` (each run as it finishes) and plots to ``--out``.
 
     python benchmarks/recipe.py --seeds 0 1 2 --out recipe_output
+    python benchmarks/recipe.py --report-only --out recipe_output   # again, or a cut-short sweep
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from adafuse_plugin.demo import DemoSettings, Variant, prepare_data
 from adafuse_plugin.synthetic_videos import FAMILIES, PHASES
 
 PRETRAINED = (Variant("TSN", "tsn", "keep"), Variant("TSM", "tsm", "keep"))
+SIZE_ORDER = ("tiny", "small", "medium", "large")
 #: The settings that shape the pretrained runs (``--pretrained`` reuses runs that agree).
 PRETRAINING = (
     "size",
@@ -245,15 +250,84 @@ def targets(rows: list[dict], adafuse: str) -> list[str]:
     return [f"- [{'x' if ok else ' '}] {text}: {value}" for text, ok, value in checks]
 
 
+def grid_report(out: Path) -> str:
+    """Table and plot of a pretraining grid (``recipe_gpu.sh``): every ``out/grid-*``
+    folder's runs, with the TSN / TSM runs of ``out/recipe-*`` sweeps at the same point."""
+    import matplotlib.pyplot as plt
+
+    runs: dict[tuple[str, int, str], dict[str, list[dict]]] = {}
+    for saved in sorted(out.glob("grid-*/recipe.json")):
+        data = json.loads(saved.read_text())
+        settings = data["settings"]
+        point = (settings["family"], settings["frame_size"], settings["size"])
+        for r in data["results"]:
+            runs.setdefault(point, {}).setdefault(r["model"], []).append(r)
+        sweep = out / f"recipe-{settings['family']}"
+        if (sweep / "runs.jsonl").is_file() and (sweep / "settings.json").is_file():
+            swept = json.loads((sweep / "settings.json").read_text())
+            if (swept["family"], swept["frame_size"], swept["size"]) == point:
+                for line in (sweep / "runs.jsonl").read_text().splitlines():
+                    r = json.loads(line)
+                    if r["model"] in ("TSN", "TSM") and r["seed"] != 0:
+                        runs[point][r["model"]].append(r)
+
+    def cell(values: list[float]) -> str:
+        spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.1f}{spread}"
+
+    lines = [
+        "| family | frames | clips | TSN top-1 % | TSN within-pair % | TSM top-1 % | "
+        "TSM within-pair % | seeds | s / run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    families = sorted({p[0] for p in runs}, key=["motion", "cycles"].index)
+    points = sorted({p[1:] for p in runs}, key=lambda p: (p[0], SIZE_ORDER.index(p[1])))
+    figure, axes = plt.subplots(1, len(families), figsize=(4.5 * len(families), 3.6), sharey=True)
+    for ax, family in zip(figure.axes, families):
+        for i, model in enumerate(("TSN", "TSM")):
+            values = [[100 * r["within_pair"] for r in runs[(family, *p)][model]] for p in points]
+            ax.bar(
+                [j + (i - 0.5) * 0.38 for j in range(len(points))],
+                [statistics.mean(v) for v in values],
+                0.36,
+                yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values],
+                capsize=3,
+                label=model,
+            )
+        ax.axhline(50, color="gray", ls=":", lw=1, label="chance")
+        ax.axhline(90, color="red", ls="--", lw=1, label="TSM target")
+        ax.set_xticks(range(len(points)), [f"{f}x{f}\n{size}" for f, size in points])
+        ax.set(title=family, ylim=(0, 100))
+        ax.grid(axis="y", alpha=0.3)
+        for point in points:
+            tsn, tsm = (runs[(family, *point)][m] for m in ("TSN", "TSM"))
+            seconds = statistics.mean(r["train_seconds"] for r in tsn + tsm)
+            metrics = [
+                cell([100 * r[key] for r in rs])
+                for rs in (tsn, tsm)
+                for key in ("top1", "within_pair")
+            ]
+            lines.append(
+                f"| {family} | {point[0]}x{point[0]} | {point[1]} | {' | '.join(metrics)} | "
+                f"{len(tsm)} | {seconds:.0f} |"
+            )
+    figure.axes[0].set_ylabel("within-pair accuracy (%)")
+    figure.axes[-1].legend(fontsize=8, loc="upper left")
+    figure.suptitle("Pretraining grid: TSN and TSM ResNet-18, within-pair accuracy")
+    figure.tight_layout()
+    figure.savefig(out / "pretraining_grid.png", dpi=110)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2, help="parallel runs, one core each")
-    parser.add_argument("--size", default="small", help="dataset size (tiny/small/medium/large)")
+    parser.add_argument("--size", default="medium", help="dataset size (tiny/small/medium/large)")
     parser.add_argument("--phase", choices=PHASES, default="random")
     parser.add_argument("--family", choices=sorted(FAMILIES), default="motion")
     parser.add_argument("--data", default=None, metavar="DIR", help="your own video-list folder")
-    parser.add_argument("--frame-size", type=int, default=32, help="frames are SxS pixels")
+    parser.add_argument("--frame-size", type=int, default=64, help="frames are SxS pixels")
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
     parser.add_argument("--adapt-epochs", type=int, default=10)
     parser.add_argument("--adapt-lr", type=float, default=5e-4)
@@ -276,6 +350,12 @@ def main() -> None:
         help="train and test TSN and TSM only (to compare pretraining settings)",
     )
     parser.add_argument(
+        "--grid-report",
+        action="store_true",
+        help="no training: the table and plot of the pretraining grid in --out "
+        "(recipe_gpu.sh's grid-* folders)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="no training: summarise, check and plot the runs in --out/recipe.json (or, "
@@ -296,15 +376,21 @@ def main() -> None:
         family=args.family,
         data=args.data,
     )
+    if args.grid_report:
+        print(grid_report(args.out))
+        return print(f"written: {args.out / 'pretraining_grid.png'}")
     if args.report_only:
         saved = args.out / "recipe.json"
         if saved.is_file():
             data = json.loads(saved.read_text())
             return report(data["results"], DemoSettings(**data["settings"]), args)
-        # A sweep cut short: the runs it finished, with the settings given now.
+        # A sweep cut short: the runs it finished, with the settings it ran with.
         lines = (args.out / "runs.jsonl").read_text().splitlines()
-        return report([json.loads(line) for line in lines], settings, args)
+        ran = DemoSettings(**json.loads((args.out / "settings.json").read_text()))
+        return report([json.loads(line) for line in lines], ran, args)
     data_root = prepare_data(args.out, settings)
+    # Before any run: a sweep cut short is reported with the settings it ran with.
+    (args.out / "settings.json").write_text(json.dumps(dataclasses.asdict(settings)) + "\n")
 
     def phase(variants, trained=(), seeds=args.seeds):
         return run_phase(variants, seeds, settings, data_root, args.out, args.workers, trained)

@@ -48,14 +48,59 @@ def test_gpu_timings_without_a_gpu_exits_cleanly():
 def test_recipe_benchmark_runs_end_to_end(tmp_path):
     """Pretrain, adapt from the pretrained weights, matched baselines, table and plot."""
     pytest.importorskip("mmaction")
-    options = "--size tiny --epochs 1 --adapt-epochs 1 --lambdas 0.05 --seeds 0 --workers 1"
+    options = "--size tiny --frame-size 32 --epochs 1 --adapt-epochs 1 --lambdas 0.05 --workers 1"
     script = str(ROOT / "benchmarks" / "recipe.py")
-    command = [sys.executable, script, *options.split(), "--out", str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+    def recipe(*more: str) -> None:
+        command = [sys.executable, script, *options.split(), *more]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    recipe("--seeds", "0", "--out", str(tmp_path))
     report = json.loads((tmp_path / "recipe.json").read_text())
     models = [row["model"] for row in report["summary"]]
     assert models[:2] == ["TSN", "TSM"] and "AdaFuse-TSM+Last" in models and "Random" in models
     adapted = next(r for r in report["results"] if r["model"] == "AdaFuse λ=0.05")
     assert 0.0 <= adapted["within_pair"] <= 1.0
     assert (tmp_path / "recipe.png").stat().st_size > 10_000
+    # A sweep cut short is reported from the runs it finished, with the settings it ran with.
+    (tmp_path / "recipe.json").unlink()
+    recipe("--seeds", "0", "--epochs", "7", "--report-only", "--out", str(tmp_path))
+    again = json.loads((tmp_path / "recipe.json").read_text())
+    assert again["summary"] == report["summary"] and again["settings"]["epochs"] == 1
+    # --pretrained reuses seed 0's TSN / TSM and trains only the seed it lacks.
+    more = tmp_path / "more"
+    recipe(
+        "--seeds", "0", "1", "--pretrain-only", "--pretrained", str(tmp_path), "--out", str(more)
+    )
+    runs = [json.loads(line) for line in (more / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["seed"]) for r in runs) == [("TSM", 1), ("TSN", 1)]
+    kept = json.loads((more / "recipe.json").read_text())["results"]
+    assert {(r["model"], r["seed"], r["top1"]) for r in kept} >= {
+        (r["model"], 0, r["top1"]) for r in report["results"] if r["model"] in ("TSN", "TSM")
+    }
+
+
+def test_grid_report_summarises_the_recorded_runs(tmp_path):
+    """The pretraining grid's table (docs/results.md) comes from the recorded runs: its
+    cells equal the mean and std computed here from the raw files, with the stopped
+    sweep's seeds 1-2 joined to the grid point they ran at."""
+    pytest.importorskip("matplotlib")
+    import shutil
+    import statistics
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from recipe import grid_report
+
+    shutil.copytree(ROOT / "docs" / "data" / "recipe_h200", tmp_path, dirs_exist_ok=True)
+    table = grid_report(tmp_path).splitlines()
+    grid = json.loads((tmp_path / "grid-motion-64-medium" / "recipe.json").read_text())
+    sweep = (tmp_path / "recipe-motion" / "runs.jsonl").read_text().splitlines()
+    runs = grid["results"] + [r for r in map(json.loads, sweep) if r["seed"] != 0]
+    pair = [100 * r["within_pair"] for r in runs if r["model"] == "TSM"]
+    assert len(pair) == 3
+    cell = f"{statistics.mean(pair):.1f} ± {statistics.stdev(pair):.1f}"
+    row = next(line for line in table if line.startswith("| motion | 64x64 | medium |"))
+    assert row.split(" | ")[6] == cell and row.split(" | ")[7] == "3"
+    assert sum(line.startswith("| cycles |") for line in table) == 3
+    assert (tmp_path / "pretraining_grid.png").stat().st_size > 10_000

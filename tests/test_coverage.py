@@ -103,9 +103,10 @@ def test_timm_model(name):
 
 
 @pytest.mark.parametrize(
-    ("name", "block"), [("resnet18", "BasicBlock"), ("resnet50", "Bottleneck")]
+    ("name", "block"),
+    [("resnet18", "BasicBlock"), ("resnet50", "Bottleneck"), ("densenet121", "_DenseLayer")],
 )
-def test_torchvision_resnet(name, block):
+def test_torchvision_model(name, block):
     models = pytest.importorskip("torchvision.models")
     torch.manual_seed(0)
     check_patching(getattr(models, name)(weights=None, num_classes=3), {block})

@@ -14,7 +14,8 @@ from adafuse_plugin import AdaFuseConfigError  # noqa: E402
 from adafuse_plugin.mmaction import AdaFuseRecognizer2D, load_config, validate_config  # noqa: E402
 from adafuse_plugin.mmaction.audit import dense_backbone_flops  # noqa: E402
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "mmaction_configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "mmaction_configs"
 CONFIGS = sorted(p.name for p in CONFIG_DIR.glob("*.py"))
 CLASSES = {"sthv1": 174, "sthv2": 174, "jester": 27, "mini-kinetics": 200, "synthetic": 10}
 
@@ -230,3 +231,32 @@ def test_inference_recognizer_on_a_video_with_every_config(name, sample_video):
     classes = next(v for k, v in CLASSES.items() if f"_{k}-rgb" in name)
     scores = result.pred_scores.item
     assert scores.shape == (classes,) and torch.isfinite(scores).all()
+
+
+# -- model-zoo metadata ---------------------------------------------------------------
+def test_metafile_lists_every_config_with_the_papers_numbers():
+    """configs/metafile.yml (mmaction2's schema): one entry per shipped config, its file
+    there, parameters as the paper reports them, results only where the paper has them."""
+    import yaml
+
+    index = yaml.safe_load((CONFIG_DIR / "metafile.yml").read_text())
+    models = {m["Name"]: m for m in index["Models"]}
+    assert sorted(f"{name}.py" for name in models) == CONFIGS
+    for item in models.values():
+        assert (REPO / item["Config"]).is_file()
+        assert item["In Collection"] == "AdaFuse"
+    ada = models["adafuse-tsm-last_r50_8xb8-1x1x8-50e_sthv1-rgb"]
+    assert ada["Metadata"]["Parameters"] == "39.1M" and ada["Metadata"]["Epochs"] == 50
+    assert ada["Results"][0]["Metrics"]["Top 1 Accuracy"] == 46.8
+    assert (
+        models["tsm_r50_8xb8-1x1x8-50e_sthv2-rgb"]["Metadata"]["FLOPs"] == "32.9G"
+    )  # fvcore, 8 x 224: the reference 4.11 G per frame
+    assert "Results" not in models["adafuse-tsn_r18_8xb8-1x1x8-50e_jester-rgb"]
+
+
+@pytest.mark.slow
+def test_metafile_and_model_zoo_table_are_current():
+    """Both files equal what `python -m adafuse_plugin.mmaction.metafile` writes now."""
+    from adafuse_plugin.mmaction.metafile import write
+
+    assert write(check=True) == []

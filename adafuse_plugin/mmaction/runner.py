@@ -14,10 +14,17 @@ DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 
 
 def load_config(path: str | os.PathLike, options: dict | None = None) -> Any:
-    """``Config.fromfile`` after the compat fixes, with ``--cfg-options`` merged in."""
+    """``Config.fromfile`` after the compat fixes, with ``--cfg-options`` merged in;
+    ``'mmaction::<path>'`` names a config of the installed package, as in ``_base_``."""
     apply_compat_fixes()
     from mmengine.config import Config
 
+    package, separator, relative = str(path).partition("::")
+    if separator:
+        import importlib
+
+        root = Path(importlib.import_module(package).__file__).parent  # type: ignore[arg-type]
+        path = root / ".mim" / "configs" / relative
     if not Path(path).is_file():
         raise AdaFuseConfigError(f"config file {str(path)!r} does not exist")
     cfg = Config.fromfile(str(path))
