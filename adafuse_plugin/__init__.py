@@ -12,7 +12,12 @@ Only torch and timm are needed to import this package; mmaction2/mmengine glue l
 in :mod:`adafuse_plugin.mmaction`.
 """
 
-from .adapters import BlockAdapter, register_block_adapter, registered_block_classes
+from .adapters import (
+    BlockAdapter,
+    register_block_adapter,
+    registered_block_classes,
+    streaming_block_classes,
+)
 from .checkpoint import adafuse_state_dict, load_adafuse, save_adafuse
 from .config import POLICIES, AdaFuseConfig
 from .early_exit import ExitPolicy, calibrate_exits, evaluate_exits, exit_curve
@@ -27,7 +32,13 @@ from .errors import (
 from .flops import BlockFlops, DecisionCounts, FlopsReport, audit_flops, count_decisions
 from .gate import AdaFuseGate, PolicyNet
 from .loss import AdaFuseFlopsLoss, consensus, expected_block_flops
-from .streaming import AdaFuseStreamingError, ExecutedFlops, StreamingRunner, StreamingStep
+from .streaming import (
+    AdaFuseStreamingError,
+    ExecutedFlops,
+    StreamingPlan,
+    StreamingRunner,
+    StreamingStep,
+)
 from .summary import PatchSummary, summary
 from .surgery import (
     collect_decisions,
@@ -46,7 +57,7 @@ from .surgery import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "POLICIES",
+    "adafuse_state_dict",
     "AdaFuseCheckpointError",
     "AdaFuseConfig",
     "AdaFuseConfigError",
@@ -57,38 +68,40 @@ __all__ = [
     "AdaFusePatchError",
     "AdaFuseStreamingError",
     "AdaFuseUnpatchedWarning",
+    "audit_flops",
     "BlockAdapter",
     "BlockFlops",
-    "DecisionCounts",
-    "ExecutedFlops",
-    "ExitPolicy",
-    "FlopsReport",
-    "PatchSummary",
-    "PolicyNet",
-    "StreamingRunner",
-    "StreamingStep",
-    "adafuse_state_dict",
-    "audit_flops",
     "calibrate_exits",
     "collect_decisions",
     "consensus",
     "count_decisions",
+    "DecisionCounts",
     "evaluate_exits",
+    "ExecutedFlops",
     "exit_curve",
+    "ExitPolicy",
     "expected_block_flops",
     "find_blocks",
     "find_unsupported_blocks",
+    "FlopsReport",
     "get_config",
     "is_patched",
     "iter_gates",
     "load_adafuse",
     "patch_model",
+    "PatchSummary",
+    "POLICIES",
+    "PolicyNet",
     "register_block_adapter",
     "registered_block_classes",
     "reset_policy_parameters",
     "save_adafuse",
     "set_eval_decisions",
     "set_temperature",
+    "streaming_block_classes",
+    "StreamingPlan",
+    "StreamingRunner",
+    "StreamingStep",
     "summary",
     "unpatch_model",
 ]

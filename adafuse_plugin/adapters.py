@@ -20,10 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from .errors import AdaFusePatchError
+
+if TYPE_CHECKING:
+    from .streaming.plans import StreamingPlan
+
+#: Builds the `StreamingPlan` of one block (see `adafuse_plugin.streaming.plans`).
+StreamingPlanner = Callable[[nn.Module], "StreamingPlan"]
 
 
 def _resolve(module: nn.Module, path: str) -> nn.Module:
@@ -61,12 +68,15 @@ class BlockAdapter:
         second_conv: path of the second conv (m_y of Eq. 5).
         applies: optional predicate; blocks for which it returns False are left alone
             (e.g. an inverted residual without an expansion conv).
+        streaming: optional; builds the block's `StreamingPlan`, which lets
+            `StreamingRunner` run the class causally and channel-sparsely.
     """
 
     first_stage: str
     first_conv: str
     second_conv: str
     applies: Callable[[nn.Module], bool] | None = None
+    streaming: StreamingPlanner | None = None
 
     def is_applicable(self, block: nn.Module) -> bool:
         """True when this block has the structure the adapter describes."""
@@ -103,26 +113,33 @@ def register_block_adapter(
     first_conv: str | None = None,
     second_conv: str | None = None,
     applies: Callable[[nn.Module], bool] | None = None,
+    streaming: StreamingPlanner | None = None,
     overwrite: bool = False,
 ) -> BlockAdapter:
-    """Teach `patch_model` a block class.
+    """Teach `patch_model` (and, with ``streaming``, `StreamingRunner`) a block class.
 
     Either pass a ready `BlockAdapter` or the three attribute paths::
 
         register_block_adapter(MyBlock, first_stage="act1", first_conv="conv1",
-                               second_conv="conv2")
+                               second_conv="conv2",
+                               streaming=lambda b: StreamingPlan(b.conv1, b.bn1, b.act1,
+                                                                 b.conv2, b.bn2, out_act=b.act2))
 
     Args:
         block_class: the class, or its fully qualified name (``pkg.module.Class``).
+        streaming: builds a block's `StreamingPlan` (its convs, norms and activations);
+            without one the class is patched and audited, but not streamed.
         overwrite: replace an existing adapter for the same class instead of failing.
     """
     if adapter is None:
-        if None in (first_stage, first_conv, second_conv):
+        if first_stage is None or first_conv is None or second_conv is None:
             raise AdaFusePatchError(
                 "register_block_adapter needs an adapter or all of first_stage, "
                 "first_conv and second_conv"
             )
-        adapter = BlockAdapter(first_stage, first_conv, second_conv, applies)
+        adapter = BlockAdapter(first_stage, first_conv, second_conv, applies, streaming)
+    elif streaming is not None:
+        adapter = dataclasses.replace(adapter, streaming=streaming)
     key = block_class if isinstance(block_class, str) else qualified_name(block_class)
     if key in _REGISTRY and not overwrite and _REGISTRY[key] != adapter:
         raise AdaFusePatchError(
@@ -146,6 +163,25 @@ def registered_block_classes() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def streaming_block_classes() -> list[str]:
+    """Qualified names of the block classes `StreamingRunner` can run (their adapter has a
+    streaming plan), sorted."""
+    return sorted(key for key, adapter in _REGISTRY.items() if adapter.streaming is not None)
+
+
+def _builtin_plan(name: str) -> StreamingPlanner:
+    """The built-in plan ``adafuse_plugin.streaming.plans.<name>``, imported on first use
+    (the streaming package imports this module)."""
+
+    def plan(block: nn.Module) -> StreamingPlan:
+        from .streaming import plans
+
+        return getattr(plans, name)(block)
+
+    plan.__qualname__ = plan.__name__ = name
+    return plan
+
+
 def _has_expansion(attr: str) -> Callable[[nn.Module], bool]:
     """Predicate: the block's expansion conv ``attr`` exists and is a real conv."""
 
@@ -157,13 +193,15 @@ def _has_expansion(attr: str) -> Callable[[nn.Module], bool]:
 
 def _mm_inverted_residual_expands(block: nn.Module) -> bool:
     """mmaction2's InvertedResidual has an expansion conv iff ``conv`` has 3 stages."""
-    return len(block.conv) == 3
+    return len(list(block.get_submodule("conv").children())) == 3
 
 
 def _register_builtin_adapters() -> None:
     timm_resnet = BlockAdapter("act1", "conv1", "conv2")
-    for name in ("BasicBlock", "Bottleneck"):
-        register_block_adapter(f"timm.models.resnet.{name}", timm_resnet)
+    for name, plan in (("BasicBlock", "timm_basic"), ("Bottleneck", "timm_bottleneck")):
+        register_block_adapter(
+            f"timm.models.resnet.{name}", timm_resnet, streaming=_builtin_plan(plan)
+        )
     # ConvNormAct stages: the stage module itself outputs act(norm(conv x)).
     for key, first, second in (
         ("timm.models.regnet.Bottleneck", "conv1", "conv2"),
@@ -191,14 +229,20 @@ def _register_builtin_adapters() -> None:
     register_block_adapter(
         f"{blocks}.InvertedResidual",
         BlockAdapter("bn1", "conv_pw", "conv_dw", applies=_has_expansion("conv_pw")),
+        streaming=_builtin_plan("timm_inverted_residual"),
     )
     register_block_adapter(
         f"{blocks}.DepthwiseSeparableConv", BlockAdapter("bn1", "conv_dw", "conv_pw")
     )
     register_block_adapter(f"{blocks}.EdgeResidual", BlockAdapter("bn1", "conv_exp", "conv_pwl"))
     torchvision_resnet = BlockAdapter("bn1", "conv1", "conv2")
-    for name in ("BasicBlock", "Bottleneck"):
-        register_block_adapter(f"torchvision.models.resnet.{name}", torchvision_resnet)
+    for name, plan in (
+        ("BasicBlock", "torchvision_basic"),
+        ("Bottleneck", "torchvision_bottleneck"),
+    ):
+        register_block_adapter(
+            f"torchvision.models.resnet.{name}", torchvision_resnet, streaming=_builtin_plan(plan)
+        )
     # A dense layer (mmaction2's TSN with a torchvision DenseNet): norm-act-conv twice, no
     # residual add; its own relu2 sits between the two convs.
     register_block_adapter(
@@ -207,8 +251,10 @@ def _register_builtin_adapters() -> None:
     # mmaction2: mmcv ConvModule stages; ResNetTSM shares these classes (its
     # TemporalShift wraps conv1.conv, which stays inside the conv1 stage).
     mm_resnet = BlockAdapter("conv1", "conv1.conv", "conv2.conv")
-    for name in ("BasicBlock", "Bottleneck"):
-        register_block_adapter(f"mmaction.models.backbones.resnet.{name}", mm_resnet)
+    for name, plan in (("BasicBlock", "mmaction_basic"), ("Bottleneck", "mmaction_bottleneck")):
+        register_block_adapter(
+            f"mmaction.models.backbones.resnet.{name}", mm_resnet, streaming=_builtin_plan(plan)
+        )
     # TANet's TABlock runs block.conv1 -> tam -> block.conv2: fuse what enters conv2. TAM
     # mixes neighbouring frames, so Eq. 5's first-conv saving is optimistic there.
     register_block_adapter(

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import EVAL_DECISIONS, POLICIES
 
@@ -16,8 +17,9 @@ def _audit(args: argparse.Namespace) -> int:
     if args.model.endswith(".py") or Path(args.model).is_file():
         return _audit_config(args)
     if args.checkpoint or args.data:
-        print("adafuse audit: --checkpoint and --data need a CONFIG, not a timm name",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "adafuse audit: --checkpoint and --data need a CONFIG, not a timm name", file=sys.stderr
+        )
         return 2
     import timm
     import torch
@@ -29,8 +31,9 @@ def _audit(args: argparse.Namespace) -> int:
         print(f"adafuse audit: unknown timm model {args.model!r}", file=sys.stderr)
         return 2
     model = timm.create_model(args.model, pretrained=False, num_classes=args.num_classes)
-    config = AdaFuseConfig(num_segments=args.frames, policy=args.policy,
-                           granularity=args.granularity)  # fmt: skip
+    config = AdaFuseConfig(
+        num_segments=args.frames, policy=args.policy, granularity=args.granularity
+    )
     patch_model(model, config)
     shape = (args.frames, 3, args.size, args.size)
     if args.policy != "adafuse":  # fixed policies have decisions without training
@@ -89,7 +92,7 @@ def _parameters_line(params: dict[str, int]) -> str:
     return line
 
 
-def _runner(args: argparse.Namespace) -> object:
+def _runner(args: argparse.Namespace) -> Any:
     from .mmaction.runner import build_runner, load_config
 
     cfg = load_config(args.config, args.cfg_options or {})
@@ -213,12 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline, test them with AdaFuseMetric, print a table and write report.json plus "
         "PNG plots.",
     )
-    demo.add_argument("--output-dir", default="adafuse_demo_output",
-                      help="report, plots, work dirs and the cached dataset go here")  # fmt: skip
+    demo.add_argument(
+        "--output-dir",
+        default="adafuse_demo_output",
+        help="report, plots, work dirs and the cached dataset go here",
+    )
     demo.add_argument("--quick", action="store_true", help="a 1-2 minute smoke run")
     demo.add_argument("--epochs", type=int, default=None, help="epochs per model (default 20)")
-    demo.add_argument("--size", default=None,
-                      help="dataset size: tiny/small/medium/large or clips per class")  # fmt: skip
+    demo.add_argument(
+        "--size", default=None, help="dataset size: tiny/small/medium/large or clips per class"
+    )
     demo.add_argument("--frames", type=int, default=None, help="frames per clip (default 8)")
     demo.add_argument("--frame-size", type=int, default=None, help="pixels (default 32)")
     demo.add_argument("--batch-size", type=int, default=None, help="clips per batch (default 16)")
@@ -236,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["motion", "cycles"],
         help="generated classes: motion (default) or cycles (the second family)",
     )
-    demo.add_argument("--quiet", action="store_true",
-                      help="hide mmengine's log lines (progress bar and table only)")  # fmt: skip
+    demo.add_argument(
+        "--quiet",
+        action="store_true",
+        help="hide mmengine's log lines (progress bar and table only)",
+    )
     demo.set_defaults(func=_demo)
 
     train = commands.add_parser("train", help="train an mmaction2 config (mmengine Runner)")

@@ -5,13 +5,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import AdaFuseConfigError
 
+#: A policy `patch_model` can insert (the keys of `POLICIES`).
+PolicyName = Literal["adafuse", "keep", "keep_skip", "keep_reuse", "random", "threshold"]
+#: How Eq. 5 counts: ``real`` (first- and second-conv savings) or ``upb`` (second conv only).
+FlopsMode = Literal["real", "upb"]
+
 #: Policies `patch_model` can insert. ``adafuse`` is the paper's learned policy; the
 #: others are the ablations of the paper's Table 4 (Sec. 4.4).
-POLICIES: dict[str, str] = {
+POLICIES: dict[PolicyName, str] = {
     "adafuse": "learned keep / reuse / skip (the paper's AdaFuse)",
     "keep": "keep every channel (TSN; output identical to the unpatched model)",
     "keep_skip": "learned keep / skip only ('Ada. Skip')",
@@ -26,7 +31,7 @@ LEARNED_POLICIES = frozenset({"adafuse", "keep_skip", "keep_reuse"})
 #: How a learned policy decides in eval mode: ``argmax`` (deterministic, our default) or
 #: ``gumbel`` (a hard Gumbel sample, as the authors' evaluation script does).
 EvalDecisions = Literal["argmax", "gumbel"]
-EVAL_DECISIONS: tuple[str, ...] = ("argmax", "gumbel")
+EVAL_DECISIONS: tuple[str, ...] = get_args(EvalDecisions)
 
 #: Default hidden width of a policy network when neither ``hidden_size`` nor
 #: ``hidden_quota`` is given.
@@ -70,7 +75,7 @@ class AdaFuseConfig:
     """
 
     num_segments: int = 8
-    policy: str = "adafuse"
+    policy: PolicyName = "adafuse"
     stages: Sequence[int] | None = None
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()

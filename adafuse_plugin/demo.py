@@ -20,8 +20,9 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from .config import PolicyName
 from .gate import GATE_ATTR
 from .synthetic_videos import Family, Phase
 
@@ -34,8 +35,8 @@ class Variant:
     """One model of the comparison."""
 
     name: str
-    backbone: str  # "tsn" (mmaction2 ResNet + TSNHead) or "tsm" (ResNetTSM + TSMHead)
-    policy: str  # AdaFuseConfig.policy: "keep" is the plain baseline
+    backbone: Literal["tsn", "tsm"]  # mmaction2 ResNet + TSNHead, or ResNetTSM + TSMHead
+    policy: PolicyName  # "keep" is the plain baseline
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # more AdaFuseConfig fields
     #: Name of a variant trained before whose weights this one starts from (``load_from``:
     #: pretrain, then adapt), trained for ``adapt_epochs`` at ``adapt_lr``.
@@ -62,7 +63,7 @@ class DemoSettings:
     num_frames: int = 8
     frame_size: int = 32
     batch_size: int = 16
-    optimizer: str = "adamw"  # or "sgd" (the paper's; slow to start from scratch)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: the paper's; slow from scratch
     lr: float = 2e-3  # peak of the one-cycle schedule
     weight_decay: float = 1e-4
     warmup: float = 0.15  # share of the run spent warming the lr up

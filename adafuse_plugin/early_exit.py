@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import AdaFuseError
+from .errors import AdaFuseEarlyExitError
 
 __all__ = [
     "ExitEvaluation",
@@ -42,12 +42,12 @@ __all__ = [
 def _check_logits(per_frame_logits: torch.Tensor) -> torch.Tensor:
     if not isinstance(per_frame_logits, torch.Tensor) or per_frame_logits.dim() != 3:
         shape = getattr(per_frame_logits, "shape", type(per_frame_logits).__name__)
-        raise AdaFuseError(
+        raise AdaFuseEarlyExitError(
             f"per-frame logits must be a (clips, frames, classes) tensor, got {shape}; "
             "reshape a patched model's (N*T, K) output with .view(N, T, K)"
         )
     if per_frame_logits.shape[0] == 0:
-        raise AdaFuseError("per-frame logits hold no clip")
+        raise AdaFuseEarlyExitError("per-frame logits hold no clip")
     return per_frame_logits.detach().float().cpu()
 
 
@@ -73,7 +73,7 @@ def _cumulative_cost(
     if cost.dim() == 2:  # (N, T) per-clip costs: plan with the mean over clips
         cost = cost.mean(dim=0)
     if cost.shape != (frames,) or bool((cost < 0).any()):
-        raise AdaFuseError(
+        raise AdaFuseEarlyExitError(
             f"flops_per_frame must be a non-negative scalar, (T,) or (N, T) with T={frames}, "
             f"got shape {tuple(cost.shape)}"
         )
@@ -114,7 +114,7 @@ class ExitPolicy:
         """(N,) frame index at which each clip exits."""
         confidence, _ = running_confidence(per_frame_logits)
         if confidence.shape[1] != self.frames:
-            raise AdaFuseError(
+            raise AdaFuseEarlyExitError(
                 f"the policy was calibrated for {self.frames} frames, the logits have "
                 f"{confidence.shape[1]}"
             )
@@ -184,17 +184,19 @@ def calibrate_exits(
         largest such cost the p^k family reaches).
     """
     if (budget_frames is None) == (budget_flops is None):
-        raise AdaFuseError("give exactly one of budget_frames and budget_flops")
+        raise AdaFuseEarlyExitError("give exactly one of budget_frames and budget_flops")
     confidence, _ = running_confidence(per_frame_logits)
     clips, frames = confidence.shape
     if budget_flops is not None:
         if flops_per_frame is None:
-            raise AdaFuseError("budget_flops needs flops_per_frame")
+            raise AdaFuseEarlyExitError("budget_flops needs flops_per_frame")
         cumulative, budget = _cumulative_cost(flops_per_frame, frames), float(budget_flops)
-    else:
+    elif budget_frames is not None:
         cumulative, budget = _cumulative_cost(None, frames), float(budget_frames)
+    else:
+        raise AdaFuseEarlyExitError("give exactly one of budget_frames and budget_flops")
     if not cumulative[0] <= budget + 1e-9 * abs(budget):
-        raise AdaFuseError(
+        raise AdaFuseEarlyExitError(
             f"a budget of {budget:g} is below the cost of one frame ({float(cumulative[0]):g})"
         )
 
@@ -244,14 +246,16 @@ def evaluate_exits(
     clips, frames = predicted.shape
     labels = torch.as_tensor(labels).view(-1).cpu()
     if labels.shape != (clips,):
-        raise AdaFuseError(f"labels must have one entry per clip ({clips}), got {labels.shape}")
+        raise AdaFuseEarlyExitError(
+            f"labels must have one entry per clip ({clips}), got {labels.shape}"
+        )
     final = predicted.gather(1, exit_at.view(-1, 1)).view(-1)
     avg_flops = None
     if flops_per_frame is not None:
         cost = torch.as_tensor(flops_per_frame, dtype=torch.float64)
         if cost.dim() == 2:  # per-clip costs
             if cost.shape != (clips, frames):
-                raise AdaFuseError(f"(N, T) flops_per_frame must be {(clips, frames)}")
+                raise AdaFuseEarlyExitError(f"(N, T) flops_per_frame must be {(clips, frames)}")
             avg_flops = float(cost.cumsum(dim=1).gather(1, exit_at.view(-1, 1)).mean())
         else:
             avg_flops = float(_cumulative_cost(cost, frames)[exit_at].mean())

@@ -21,5 +21,13 @@ class AdaFuseCheckpointError(AdaFuseError):
     """A checkpoint does not match the patched model."""
 
 
+class AdaFuseStreamingError(AdaFuseError):
+    """The model, a block, a policy or a frame cannot be run by `StreamingRunner`."""
+
+
+class AdaFuseEarlyExitError(AdaFuseError):
+    """Bad input to an early-exit rule or its evaluation (shapes, budgets)."""
+
+
 class AdaFuseUnpatchedWarning(UserWarning):
     """`patch_model` left residual-like blocks without a gate (no adapter for their class)."""

@@ -41,7 +41,7 @@ def _one_clip_stays_dynamic() -> contextlib.AbstractContextManager[Any]:
     N != 1 (a contiguity check), and the program would refuse single clips."""
     from torch.fx.experimental import _config
 
-    return _config.patch(backed_size_oblivious=True)
+    return _config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
 
 
 def _prepare(model: nn.Module, example: torch.Tensor, decisions: bool) -> tuple[nn.Module, Any]:
@@ -125,6 +125,8 @@ def export_onnx(
             dynamo=True,
             verbose=False,
         )
+    if program is None:  # only the legacy (TorchScript) exporter returns nothing
+        raise AdaFuseInputError("torch.onnx.export(dynamo=True) returned no program")
     path = Path(path)
     program.save(str(path))
     return path

@@ -224,12 +224,21 @@ class FlopsReport:
             mix = [f"{v:.0%}" if v is not None else "-" for v in (b.keep, b.reuse, b.skip)]
             adaptive = "-" if b.skip is None else f"{(b.block - b.saved_real + b.policy) * g:.3f}"
             rows.append(
-                (b.name, f"{b.block * g:.3f}", f"{b.first_conv * g:.3f}",
-                 f"{b.second_conv * g:.3f}", f"{b.policy * g:.4f}", *mix, adaptive)
-            )  # fmt: skip
+                (
+                    b.name,
+                    f"{b.block * g:.3f}",
+                    f"{b.first_conv * g:.3f}",
+                    f"{b.second_conv * g:.3f}",
+                    f"{b.policy * g:.4f}",
+                    *mix,
+                    adaptive,
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                           enumerate(zip(r, widths))) for r in rows]  # fmt: skip
+        lines = [
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in rows
+        ]
         lines.insert(1, "-" * len(lines[0]))
         lines.append("")
         lines.append(f"frames per count      {self.frames}")

@@ -325,7 +325,10 @@ class AdaFuseGate(nn.Module):
             # GAP commutes with the temporal shift: pooling the shifted input (the
             # authors' AdaFuse-TSM) equals shifting the pooled one.
             pooled = temporal_shift(pooled, segments, self.config.policy_shift_div)
-        logits = self.policy_net(shift_to_previous_frame(pooled, segments), pooled)
+        net = self.policy_net
+        if net is None:  # only learned policies have a policy net, and only they get here
+            raise AdaFuseInputError(f"policy {self.config.policy!r} has no policy network")
+        logits = net(shift_to_previous_frame(pooled, segments), pooled)
         forbidden = FORBIDDEN_ACTIONS[self.config.policy]
         if forbidden:
             mask = torch.zeros(3, dtype=torch.bool, device=logits.device)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import weakref
+from typing import get_args
 
 import torch
 from torch import nn
 
+from .config import FlopsMode
 from .errors import AdaFuseConfigError, AdaFuseInputError
 from .flops import audit_flops
 from .gate import KEEP, REUSE, SKIP
@@ -14,7 +16,7 @@ from .surgery import iter_gates
 
 
 def expected_block_flops(
-    masks: torch.Tensor, first_conv: float, second_conv: float, mode: str = "real"
+    masks: torch.Tensor, first_conv: float, second_conv: float, mode: FlopsMode = "real"
 ) -> torch.Tensor:
     """Differentiable Eq. 5 FLOPs per frame of one block's two convs.
 
@@ -59,12 +61,12 @@ class AdaFuseFlopsLoss(nn.Module):
         model: nn.Module,
         input_shape: tuple[int, int, int, int] = (8, 3, 224, 224),
         weight: float = 0.1,
-        mode: str = "real",
+        mode: FlopsMode = "real",
         normalize: bool = True,
         target: float = 0.0,
     ) -> None:
         super().__init__()
-        if mode not in ("real", "upb"):
+        if mode not in get_args(FlopsMode):
             raise AdaFuseConfigError(f"mode must be 'real' or 'upb', got {mode!r}")
         self.weight, self.mode, self.normalize, self.target = weight, mode, normalize, target
         self._model = weakref.ref(model)
@@ -92,7 +94,7 @@ class AdaFuseFlopsLoss(nn.Module):
                 - (first + second)
                 + expected_block_flops(gate.last_masks, first, second, self.mode)
             )
-        return per_frame * self.frames
+        return torch.as_tensor(per_frame * self.frames)
 
     def forward(self) -> torch.Tensor:
         flops = self.expected_flops()

@@ -74,11 +74,19 @@ def plot(curves: dict[str, list[dict]], path: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work_dirs", type=Path, nargs="+")
-    parser.add_argument("--budgets", type=float, nargs="+", default=None,
-                        help="average frames per clip (default: 1..T)")  # fmt: skip
+    parser.add_argument(
+        "--budgets",
+        type=float,
+        nargs="+",
+        default=None,
+        help="average frames per clip (default: 1..T)",
+    )
     parser.add_argument("--out", type=Path, default=Path("early_exit_output"))
-    parser.add_argument("--allow-unsafe-checkpoints", action="store_true",
-                        help="unpickle checkpoints fully (only files you trust)")  # fmt: skip
+    parser.add_argument(
+        "--allow-unsafe-checkpoints",
+        action="store_true",
+        help="unpickle checkpoints fully (only files you trust)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     curves: dict[str, list[dict]] = {}
@@ -96,11 +104,17 @@ def main() -> None:
         )
         points = []
         for budget, e in zip(budgets, evaluations, strict=True):
-            point = {"budget": budget, "frames": e.avg_frames, "gflops": e.avg_gflops,
-                     "top1": 100 * e.accuracy}  # fmt: skip
+            point = {
+                "budget": budget,
+                "frames": e.avg_frames,
+                "gflops": e.avg_gflops,
+                "top1": 100 * e.accuracy,
+            }
             points.append(point)
-            lines.append(f"| {work_dir.name} | {budget:g} | {e.avg_frames:.2f} | "
-                         f"{e.avg_gflops:.4f} | {100 * e.accuracy:.1f} |")  # fmt: skip
+            lines.append(
+                f"| {work_dir.name} | {budget:g} | {e.avg_frames:.2f} | "
+                f"{e.avg_gflops:.4f} | {100 * e.accuracy:.1f} |"
+            )
         curves[work_dir.name] = points
     table = "\n".join(lines)
     print(table)

@@ -56,8 +56,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, policy, r, expected in rows:
         exp = f"{expected / 1e9:.3f}" if expected is not None else "-"
-        print(f"| {name} | {policy} | {r.dense / 1e9:.3f} | {r.adaptive / 1e9:.3f} | "
-              f"{r.adaptive_upb / 1e9:.3f} | {r.saving:.1%} | {exp} |")  # fmt: skip
+        print(
+            f"| {name} | {policy} | {r.dense / 1e9:.3f} | {r.adaptive / 1e9:.3f} | "
+            f"{r.adaptive_upb / 1e9:.3f} | {r.saving:.1%} | {exp} |"
+        )
 
 
 if __name__ == "__main__":

@@ -266,31 +266,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=["resnet18", "resnet50"])
     parser.add_argument("--size", type=int, default=224, help="frame height and width")
-    parser.add_argument("--executed", nargs="+", type=float, default=[0.4, 0.6],
-                        help="share of channel groups the synthetic policies execute")  # fmt: skip
+    parser.add_argument(
+        "--executed",
+        nargs="+",
+        type=float,
+        default=[0.4, 0.6],
+        help="share of channel groups the synthetic policies execute",
+    )
     parser.add_argument("--granularity", nargs="+", type=int, default=[1, 32, 64])
-    parser.add_argument("--schedules", nargs="+", choices=("static", "dynamic"),
-                        default=["static", "dynamic"])  # fmt: skip
+    parser.add_argument(
+        "--schedules", nargs="+", choices=("static", "dynamic"), default=["static", "dynamic"]
+    )
     parser.add_argument("--frames", type=int, default=60, help="timed frames per variant")
-    parser.add_argument("--warmup", type=int, default=30,
-                        help="untimed frames first (the runner times its execution modes "
-                             "during the first frames)")  # fmt: skip
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=30,
+        help="untimed frames first (the runner times its execution modes during the first frames)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--dense-fallback", nargs="+", default=["timed"],
-                        choices=("timed", "never", "always"),
-                        help="StreamingRunner dense_fallback (one variant each)")  # fmt: skip
-    parser.add_argument("--cache-size", type=int, default=8,
-                        help="StreamingRunner cache_size (packed selections per conv)")  # fmt: skip
+    parser.add_argument(
+        "--dense-fallback",
+        nargs="+",
+        default=["timed"],
+        choices=("timed", "never", "always"),
+        help="StreamingRunner dense_fallback (one variant each)",
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        default=8,
+        help="StreamingRunner cache_size (packed selections per conv)",
+    )
     parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--work-dirs", nargs="*", type=Path, default=[],
-                        help="mmaction2 work folders of trained TSN-style AdaFuse models to "
-                             "time on generated videos (with no --models: only these)")  # fmt: skip
-    parser.add_argument("--allow-unsafe-checkpoints", action="store_true",
-                        help="unpickle the checkpoints fully (trusted files only)")  # fmt: skip
-    parser.add_argument("--compile", action="store_true",
-                        help="add torch.compile'd dense models (slow to build)")  # fmt: skip
-    parser.add_argument("--quick", action="store_true",
-                        help="fast check: ResNet-18, 112x112, 40%%, g=32, 10 frames")  # fmt: skip
+    parser.add_argument(
+        "--work-dirs",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="mmaction2 work folders of trained TSN-style AdaFuse models to "
+        "time on generated videos (with no --models: only these)",
+    )
+    parser.add_argument(
+        "--allow-unsafe-checkpoints",
+        action="store_true",
+        help="unpickle the checkpoints fully (trusted files only)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="add torch.compile'd dense models (slow to build)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fast check: ResNet-18, 112x112, 40%%, g=32, 10 frames"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.size, args.executed = ["resnet18"], 112, [0.4]

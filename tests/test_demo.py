@@ -16,8 +16,21 @@ MODELS = ["TSN-R18", "TSM-R18", "AdaFuse-TSN-R18", "AdaFuse-TSM-R18", "AdaFuse-T
 
 
 def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
-    argv = ["demo", "--quick", "--epochs", "1", "--frames", "4", "--batch-size", "4",
-            "--workers", "0", "--quiet", "--output-dir", str(tmp_path)]  # fmt: skip
+    argv = [
+        "demo",
+        "--quick",
+        "--epochs",
+        "1",
+        "--frames",
+        "4",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--quiet",
+        "--output-dir",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
 
@@ -62,8 +75,13 @@ def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
     from adafuse_plugin.mmaction.streaming import load_work_dir, streaming_runner
 
     recognizer, cfg = load_work_dir(tmp_path / "work_dirs" / "AdaFuse-TSN-R18")
-    batch = next(iter(Runner.build_dataloader(dict(cfg.test_dataloader, num_workers=0,
-                                                   persistent_workers=False))))  # fmt: skip
+    batch = next(
+        iter(
+            Runner.build_dataloader(
+                dict(cfg.test_dataloader, num_workers=0, persistent_workers=False)
+            )
+        )
+    )
     with torch.no_grad():
         data = recognizer.data_preprocessor(batch, False)
         scores = recognizer(**data, mode="predict")[0].pred_scores.item

@@ -22,8 +22,11 @@ def _conv_input_shapes(model):
     for name, _ in af.iter_gates(model):
         block = model.get_submodule(name)
         for which, conv in (("first", block.conv1), ("second", block.conv2)):
-            handles.append(conv.register_forward_pre_hook(
-                lambda m, a, key=(name, which): shapes.__setitem__(key, a[0].shape)))  # fmt: skip
+            handles.append(
+                conv.register_forward_pre_hook(
+                    lambda m, a, key=(name, which): shapes.__setitem__(key, a[0].shape)
+                )
+            )
     return shapes, handles
 
 
@@ -42,13 +45,20 @@ def _sliced_conv_flops(model, decisions, shapes):
                     rows = needed.nonzero().flatten()
                     if len(rows):
                         x = torch.zeros(1, *shapes[name, "first"][1:])
-                        F.conv2d(x, conv1.weight[rows], None, conv1.stride, conv1.padding,
-                                 conv1.dilation)  # fmt: skip
+                        F.conv2d(
+                            x, conv1.weight[rows], None, conv1.stride, conv1.padding, conv1.dilation
+                        )
                     cols = (d[n, t] != SKIP).nonzero().flatten()
                     if len(cols):
                         z = torch.zeros(1, len(cols), *shapes[name, "second"][2:])
-                        F.conv2d(z, conv2.weight[:, cols], None, conv2.stride, conv2.padding,
-                                 conv2.dilation)  # fmt: skip
+                        F.conv2d(
+                            z,
+                            conv2.weight[:, cols],
+                            None,
+                            conv2.stride,
+                            conv2.padding,
+                            conv2.dilation,
+                        )
     return counter.get_total_flops() / 2  # flop_counter counts 2 per multiply-add
 
 

@@ -48,8 +48,15 @@ def num_params(model: torch.nn.Module) -> float:
 
 
 def test_there_is_a_config_per_model_and_dataset():
-    models = {"tsn_r50", "tsm_r50", "adafuse-tsn_r18", "adafuse-tsn_r50", "adafuse-tsm_r50",
-              "adafuse-tsm-last_r50", "adafuse-tsn_efficientnet-b0"}  # fmt: skip
+    models = {
+        "tsn_r50",
+        "tsm_r50",
+        "adafuse-tsn_r18",
+        "adafuse-tsn_r50",
+        "adafuse-tsm_r50",
+        "adafuse-tsm-last_r50",
+        "adafuse-tsn_efficientnet-b0",
+    }
     for model in models:
         for dataset in ("sthv1", "sthv2", "jester", "mini-kinetics"):
             assert f"{model}_8xb8-1x1x8-50e_{dataset}-rgb.py" in CONFIGS
@@ -113,8 +120,12 @@ def test_dataset_pipelines_run_on_real_data(dataset, sample_video):
             sample = dict(filename=str(sample_video["video"]), start_index=0)
         else:
             total = len(list(sample_video["frames"].iterdir()))
-            sample = dict(frame_dir=str(sample_video["frames"]), total_frames=total,
-                          start_index=1, filename_tmpl=dataset_cfg.filename_tmpl)  # fmt: skip
+            sample = dict(
+                frame_dir=str(sample_video["frames"]),
+                total_frames=total,
+                start_index=1,
+                filename_tmpl=dataset_cfg.filename_tmpl,
+            )
         packed = pipeline(dict(sample, label=0, modality="RGB"))
         assert packed["inputs"].shape == (8, 3, 224, 224), (dataset, split)
 
@@ -131,8 +142,9 @@ def test_parameter_counts_match_the_paper(name, millions):
     assert round(num_params(build(config(name))), 1) == millions
 
 
-@pytest.mark.parametrize("name", ["tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py",
-                                  "tsm_r50_8xb8-1x1x8-50e_sthv1-rgb.py"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py", "tsm_r50_8xb8-1x1x8-50e_sthv1-rgb.py"]
+)
 def test_dense_flops_of_r50_baselines_match_the_paper(name):
     model = build(config(name))
     gflops = dense_backbone_flops(model.backbone, (8, 3, 224, 224)) / 1e9
@@ -142,8 +154,9 @@ def test_dense_flops_of_r50_baselines_match_the_paper(name):
 def test_adafuse_dense_flops_equal_the_baseline():
     model = build(config("adafuse-tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py"))
     report = model.flops_report()
-    baseline = dense_backbone_flops(build(config("tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py")).backbone,
-                                    (8, 3, 224, 224))  # fmt: skip
+    baseline = dense_backbone_flops(
+        build(config("tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py")).backbone, (8, 3, 224, 224)
+    )
     assert report.dense == pytest.approx(baseline, rel=1e-6)
     assert report.policy / report.dense < 0.01
 

@@ -101,8 +101,17 @@ def test_train_validate_test_resume_audit(data_root, tmp_path, capsys):
     assert len(epoch_two) == 10  # resumed at epoch 2, not retrained from scratch
 
     capsys.readouterr()
-    argv = ["audit", CONFIG, "--checkpoint", str(work_dir / "epoch_2.pth"), "--data", "val",
-            "--json", "--cfg-options", *options]  # fmt: skip
+    argv = [
+        "audit",
+        CONFIG,
+        "--checkpoint",
+        str(work_dir / "epoch_2.pth"),
+        "--data",
+        "val",
+        "--json",
+        "--cfg-options",
+        *options,
+    ]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["clips_seen"] == 20 and len(report["blocks"]) == 8
@@ -159,8 +168,17 @@ def test_two_process_distributed_training(data_root, tmp_path):
         **{"train_cfg.max_epochs": 1, "train_cfg.val_interval": 5, "experiment_name": "e2e_dist"},
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port=29531", str(script), CONFIG, str(work_dir), *options]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29531",
+        str(script),
+        CONFIG,
+        str(work_dir),
+        *options,
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = safe_load_checkpoint(work_dir / "epoch_1.pth")

@@ -11,8 +11,12 @@ from adafuse_plugin import AdaFuseConfigError, AdaFuseInputError, iter_gates  # 
 from adafuse_plugin.mmaction import AdaFuseHook, AdaFuseMetric  # noqa: E402
 from adafuse_plugin.mmaction.recognizer import COUNTS_FIELD  # noqa: E402
 
-PREPROCESSOR = dict(type="ActionDataPreprocessor", mean=[123.675, 116.28, 103.53],
-                    std=[58.395, 57.12, 57.375], format_shape="NCHW")  # fmt: skip
+PREPROCESSOR = dict(
+    type="ActionDataPreprocessor",
+    mean=[123.675, 116.28, 103.53],
+    std=[58.395, 57.12, 57.375],
+    format_shape="NCHW",
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,8 +82,14 @@ def test_loss_has_flops_term_and_logged_statistics():
     model.init_weights()
     data = model.data_preprocessor(batch(), True)
     losses = model(**data, mode="loss")
-    assert {"loss_cls", "loss_flops", "keep_ratio", "reuse_ratio", "skip_ratio",
-            "gflops_adaptive"} <= set(losses)  # fmt: skip
+    assert {
+        "loss_cls",
+        "loss_flops",
+        "keep_ratio",
+        "reuse_ratio",
+        "skip_ratio",
+        "gflops_adaptive",
+    } <= set(losses)
     total, log_vars = model.parse_losses(losses)
     torch.testing.assert_close(total, losses["loss_cls"] + losses["loss_flops"])
     assert log_vars["keep_ratio"] + log_vars["reuse_ratio"] + log_vars["skip_ratio"] == (
@@ -94,8 +104,14 @@ def test_tsm_optimizer_constructor_covers_policy_parameters():
     from mmaction.registry import MODELS
     from mmengine.optim import build_optim_wrapper
 
-    backbone = dict(type="ResNetTSM", depth=18, num_segments=2, pretrained=None,
-                    pretrained2d=False, partial_bn=True)  # fmt: skip
+    backbone = dict(
+        type="ResNetTSM",
+        depth=18,
+        num_segments=2,
+        pretrained=None,
+        pretrained2d=False,
+        partial_bn=True,
+    )
     model = recognizer(backbone, 512, share_policy=True)
     assert MODELS.get("AdaFuseRecognizer2D") is type(model)
     model.train()
@@ -105,7 +121,7 @@ def test_tsm_optimizer_constructor_covers_policy_parameters():
             constructor="TSMOptimWrapperConstructor",
             paramwise_cfg=dict(fc_lr5=True),
             optimizer=dict(type="SGD", lr=0.01, momentum=0.9),
-        ),  # fmt: skip
+        ),
     )
     groups = wrapper.optimizer.param_groups
     optimised = {id(p) for g in groups for p in g["params"]}
@@ -120,16 +136,17 @@ def test_strict_pretrained_loader_of_mobilenetv2_tsm(tmp_path):
 
     path = tmp_path / "mbv2.pth"
     torch.save(MobileNetV2(pretrained=None).state_dict(), path)
-    backbone = dict(type="MobileNetV2TSM", num_segments=2, pretrained=str(path),
-                    pretrained2d=True)  # fmt: skip
+    backbone = dict(type="MobileNetV2TSM", num_segments=2, pretrained=str(path), pretrained2d=True)
     model = recognizer(backbone, 1280)
     model.init_weights()  # strict=True load: must not see the AdaFuse modules
     assert len(list(iter_gates(model.backbone))) > 0
 
 
 def test_timm_and_torchvision_backbones_train_and_predict():
-    for backbone, channels in ((dict(type="timm.resnet18", pretrained=False), 512),
-                               (dict(type="torchvision.resnet18"), 512)):  # fmt: skip
+    for backbone, channels in (
+        (dict(type="timm.resnet18", pretrained=False), 512),
+        (dict(type="torchvision.resnet18"), 512),
+    ):
         model = recognizer(backbone, channels)
         model.init_weights()
         data = model.data_preprocessor(batch(), True)

@@ -15,9 +15,9 @@ from adafuse_plugin.gate import KEEP, REUSE, SKIP
 from adafuse_plugin.streaming import (
     AdaFuseStreamingError,
     StreamingRunner,
-    _ModeTimer,
     supported_streaming_blocks,
 )
+from adafuse_plugin.streaming._selection import _ModeTimer
 
 from .conftest import force_decisions, randomize_norms
 
@@ -74,14 +74,16 @@ def assert_matches(model: nn.Module, runner: StreamingRunner, clip: torch.Tensor
     tolerance = 1e-4 * max(1.0, float(logits.abs().max()))
     torch.testing.assert_close(got, logits, atol=tolerance, rtol=1e-4)
     running = logits.cumsum(0) / torch.arange(1, len(clip) + 1).view(-1, 1)
-    torch.testing.assert_close(torch.stack([s.prediction for s in steps]), running,
-                               atol=tolerance, rtol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        torch.stack([s.prediction for s in steps]), running, atol=tolerance, rtol=1e-4
+    )
     recorded = runner.decisions()
     assert recorded.keys() == decisions.keys()
     for name, d in decisions.items():
         assert torch.equal(recorded[name], d), name
-    report = af.audit_flops(model, input_shape=tuple(clip.shape), decisions=decisions,
-                            progress=False)  # fmt: skip
+    report = af.audit_flops(
+        model, input_shape=tuple(clip.shape), decisions=decisions, progress=False
+    )
     counters = runner.executed_flops
     assert counters.eq5 == pytest.approx(report.adaptive, rel=1e-9)
     assert counters.dense == pytest.approx(report.dense, rel=1e-9)
@@ -116,8 +118,11 @@ def test_runner_matches_patched_model_per_frame(name, config):
     assert runner.executed_flops.total == pytest.approx(runner.executed_flops.eq5, rel=1e-9)
     counts = mix(decisions)
     policy = af.get_config(model).policy
-    allowed = {"adafuse": (KEEP, REUSE, SKIP), "keep_skip": (KEEP, SKIP),
-               "keep_reuse": (KEEP, REUSE)}[policy]  # fmt: skip
+    allowed = {
+        "adafuse": (KEEP, REUSE, SKIP),
+        "keep_skip": (KEEP, SKIP),
+        "keep_reuse": (KEEP, REUSE),
+    }[policy]
     assert all(counts[a] > 0 for a in allowed), counts  # mixed, so the test can fail
 
 
@@ -364,3 +369,73 @@ def test_dense_fallback_is_validated():
     model = build("resnet18", 2)
     with pytest.raises(AdaFuseStreamingError, match="dense_fallback must be one of"):
         StreamingRunner(model, dense_fallback="sometimes")
+
+
+class TwoConvBlock(nn.Module):
+    """A residual block class of our own: conv-norm-act, conv-norm, identity add, act."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_a = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm_a = nn.BatchNorm2d(channels)
+        self.act_a = nn.ReLU()
+        self.conv_b = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm_b = nn.BatchNorm2d(channels)
+        self.act_out = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act_a(self.norm_a(self.conv_a(x)))
+        return self.act_out(x + self.norm_b(self.conv_b(y)))
+
+
+def test_a_users_block_streams_after_registering_its_plan():
+    """register_block_adapter(..., streaming=...) makes a block class of the user's own
+    streamable: per-frame logits, decisions and Eq. 5 FLOPs equal the patched model's."""
+    from adafuse_plugin.adapters import _REGISTRY, qualified_name
+
+    def plan(block: TwoConvBlock) -> af.StreamingPlan:
+        return af.StreamingPlan(
+            block.conv_a,
+            block.norm_a,
+            block.act_a,
+            block.conv_b,
+            block.norm_b,
+            out_act=block.act_out,
+        )
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        TwoConvBlock(16),
+        TwoConvBlock(16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    frames = 4
+    key = qualified_name(TwoConvBlock)
+    try:
+        af.register_block_adapter(
+            TwoConvBlock, first_stage="act_a", first_conv="conv_a", second_conv="conv_b"
+        )
+        af.patch_model(randomize_norms(model), num_segments=frames, granularity=4)
+        randomize_policies(model).eval()
+        with pytest.raises(AdaFuseStreamingError, match="no streaming plan"):
+            StreamingRunner(model)
+        af.register_block_adapter(
+            TwoConvBlock,
+            first_stage="act_a",
+            first_conv="conv_a",
+            second_conv="conv_b",
+            streaming=plan,
+            overwrite=True,
+        )
+        assert key in supported_streaming_blocks()
+        runner = StreamingRunner(model, record_decisions=True, dense_fallback="never")
+        decisions = assert_matches(model, runner, torch.randn(frames, 3, SIZE, SIZE))
+        assert all(count > 0 for count in mix(decisions)), mix(decisions)
+    finally:
+        _REGISTRY.pop(key, None)
+    assert key not in supported_streaming_blocks()

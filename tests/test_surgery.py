@@ -112,8 +112,16 @@ def test_shared_policies_and_hidden_quota():
         hidden = 196608 // c_out
         return 2 * c * hidden + hidden + hidden * 3 * c_out + 3 * c_out
 
-    shapes = {(64, 64), (256, 64), (256, 128), (512, 128), (512, 256), (1024, 256),
-              (1024, 512), (2048, 512)}  # fmt: skip
+    shapes = {
+        (64, 64),
+        (256, 64),
+        (256, 128),
+        (512, 128),
+        (512, 256),
+        (1024, 256),
+        (1024, 512),
+        (2048, 512),
+    }
     norms = sum(2 * 196608 // g.out_channels for g in gates)
     added = sum(p.numel() for p in model.parameters()) - base
     assert added == sum(linears(*s) for s in shapes) + norms

@@ -1,0 +1,189 @@
+"""Convolutions with their BatchNorm folded in, prepacked for oneDNN, and the elementwise
+activations that fuse into them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapters import qualified_name
+from ..errors import AdaFuseStreamingError
+from . import _onednn
+
+CHANNELS_LAST = torch.channels_last
+
+
+@dataclasses.dataclass(frozen=True)
+class _Act:
+    """An elementwise activation: a oneDNN post-op name when fusable, and the module."""
+
+    attr: str = "none"
+    scalars: tuple[float, ...] = ()
+    module: nn.Module | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.module is None else self.module(x)
+
+
+_IDENTITY = _Act()
+
+
+def _activation(module: nn.Module | None) -> _Act:
+    """The `_Act` of an activation module; parametrised ones (PReLU) cannot be sliced."""
+    if module is None or isinstance(module, nn.Identity):
+        return _IDENTITY
+    if any(True for _ in module.parameters()):
+        raise AdaFuseStreamingError(
+            f"activation {type(module).__name__} has parameters; only parameter-free "
+            "elementwise activations can run on a subset of channels"
+        )
+    if type(module) is nn.ReLU:
+        return _Act("relu", (), module)
+    if type(module) in (nn.ReLU6, nn.Hardtanh):
+        return _Act("hardtanh", (float(module.min_val), float(module.max_val)), module)
+    for cls, attr in ((nn.SiLU, "swish"), (nn.Hardswish, "hardswish"), (nn.Sigmoid, "sigmoid")):
+        if type(module) is cls:
+            return _Act(attr, (), module)
+    return _Act("", (), module)  # not fusable: applied after the conv
+
+
+# Conv2d subclasses whose forward equals nn.Conv2d's on non-empty inputs.
+_PLAIN_CONV_SUBCLASSES = frozenset({"mmcv.cnn.bricks.wrappers.Conv2d"})
+
+
+def _plain_conv(conv: nn.Module) -> bool:
+    """An nn.Conv2d (or a subclass known to compute the same) with static zero padding."""
+    return (
+        (type(conv) is nn.Conv2d or qualified_name(type(conv)) in _PLAIN_CONV_SUBCLASSES)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+
+
+def _fold(conv: nn.Module, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of conv followed by an eval-mode BatchNorm, as one conv."""
+    if not _plain_conv(conv):
+        raise AdaFuseStreamingError(
+            f"only plain nn.Conv2d with static zero padding can be folded, got "
+            f"{type(conv).__name__}(padding={conv.padding!r})"
+        )
+    weight = conv.weight.detach()
+    bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
+    if norm is None:
+        return weight.contiguous(), bias.contiguous()
+    if not isinstance(norm, nn.BatchNorm2d) or norm.running_var is None:
+        raise AdaFuseStreamingError(
+            f"only BatchNorm2d with running statistics can be folded, got {type(norm).__name__}"
+        )
+    scale = torch.rsqrt(norm.running_var.detach() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach()
+    shift = -norm.running_mean.detach() * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach()
+    folded_weight = weight * scale.view(-1, 1, 1, 1)
+    return folded_weight.contiguous(), (bias * scale + shift).contiguous()
+
+
+class _Conv:
+    """A convolution with BatchNorm folded in.
+
+    On the ``mkldnn`` backend the weight is packed into oneDNN's layout once per input
+    shape and bias, activation and a residual add run as fused post-ops.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        stride: Sequence[int],
+        padding: Sequence[int],
+        dilation: Sequence[int],
+        groups: int,
+        backend: str,
+    ) -> None:
+        self.weight, self.bias = weight, bias
+        self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
+        self.groups = groups
+        self.backend = backend
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+
+    @classmethod
+    def fold(cls, conv: nn.Conv2d, norm: nn.Module | None, backend: str) -> _Conv:
+        weight, bias = _fold(conv, norm)
+        return cls(weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, backend)
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    def _like(self, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> _Conv:
+        return _Conv(
+            weight.contiguous(),
+            bias.contiguous(),
+            self.stride,
+            self.padding,
+            self.dilation,
+            groups,
+            self.backend,
+        )
+
+    def select_outputs(self, channels: torch.Tensor) -> _Conv:
+        """This conv restricted to some output channels (a depthwise conv: to some channels)."""
+        groups = len(channels) if self.groups > 1 else 1
+        return self._like(self.weight[channels], self.bias[channels], groups)
+
+    def select_inputs(self, channels: torch.Tensor) -> _Conv:
+        """This conv restricted to some input channels (bias kept whole)."""
+        return self._like(self.weight[:, channels], self.bias, 1)
+
+    def output_shape(self, shape: torch.Size) -> tuple[int, int, int, int]:
+        size = [
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, p, d, k, s in zip(
+                shape[2:], self.padding, self.dilation, self.weight.shape[2:], self.stride
+            )
+        ]
+        return shape[0], self.out_channels, size[0], size[1]
+
+    def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        packed = self._packed.get(key)
+        if packed is None:
+            packed = _onednn.reorder_weight(
+                self.weight, self.padding, self.stride, self.dilation, self.groups, key
+            )
+            self._packed[key] = packed
+        return packed
+
+    def __call__(
+        self, x: torch.Tensor, act: _Act = _IDENTITY, add: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """act(conv(x) + bias + add); ``add`` is left untouched."""
+        b = self.bias
+        if self.backend != "mkldnn":
+            y = F.conv2d(x, self.weight, b, self.stride, self.padding, self.dilation, self.groups)
+            return act(y + add if add is not None else y)
+        weight = self._weight_for(x)
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        if add is None:
+            if act.attr:
+                return _onednn.conv(x, weight, b, args, act.attr, act.scalars)
+            return act(_onednn.conv(x, weight, b, args))
+        relu = act.attr == "relu"
+        y = _onednn.conv_add(x, add, weight, b, args, relu)
+        return y if relu or act.attr == "none" else act(y)
+
+    def accumulate_(self, out: torch.Tensor, x: torch.Tensor, relu: bool = False) -> None:
+        """out += conv(x) without bias, in place, then ReLU if asked."""
+        if self.backend != "mkldnn":
+            out += F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation)
+            if relu:
+                out.relu_()
+            return
+        args = (self.padding, self.stride, self.dilation, self.groups)
+        _onednn.conv_accumulate_(out, x, self._weight_for(x), args, relu)

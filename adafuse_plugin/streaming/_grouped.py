@@ -1,0 +1,250 @@
+"""Convs whose output (first conv) or input (second conv) channels run per channel group."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from ._conv import _IDENTITY, CHANNELS_LAST, _Act, _Conv
+from ._selection import (
+    _DENSE,
+    _PACK_NOW,
+    _PACKED,
+    _PER_GROUP,
+    _ModeTimer,
+    _SelectionCache,
+    _Tuning,
+)
+
+
+def _channel_index(groups: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """Channel indices of channel groups (``size`` channels each), in the groups' order,
+    on ``device`` (index_select / index_copy_ need the index beside the data)."""
+    index = (groups[:, None] * size + np.arange(size)[None, :]).reshape(-1)
+    return torch.from_numpy(index).to(device, non_blocking=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """Channel groups ``wanted`` of the fused map, found in ``tensor``, whose channels are
+    those of the sorted groups ``held`` (a superset: a dense first conv holds them all).
+    ``zero`` marks the all-zero history of frame -1."""
+
+    tensor: torch.Tensor
+    held: np.ndarray
+    wanted: np.ndarray
+    zero: bool = False
+
+    def take(self, size: int) -> torch.Tensor:
+        """The wanted groups' channels, in order."""
+        if len(self.wanted) == len(self.held):
+            return self.tensor
+        positions = np.searchsorted(self.held, self.wanted)
+        return self.tensor.index_select(1, _channel_index(positions, size, self.tensor.device))
+
+    def groups(self, size: int) -> list[tuple[int, torch.Tensor]]:
+        """(group id, view of its channels) for every wanted group: no copy."""
+        positions = np.searchsorted(self.held, self.wanted)
+        return [(j, self.tensor.narrow(1, i * size, size)) for j, i in zip(self.wanted, positions)]
+
+
+class _GroupedConv:
+    """A conv whose output (first conv) or input (second conv) channels are selected per
+    group of ``size`` channels.
+
+    A selection runs with its cached packed weight when it has one, and is packed (and
+    cached) when it recurs within a few calls. Any other selection runs one of three
+    ways, picked by ``dense_fallback``: one call per group (weights packed per group
+    once; coarse granularity only), its gathered weight packed now, or the dense conv
+    with the unused channels discarded. ``"timed"`` picks the fastest by online timings
+    (`_ModeTimer`), ``"never"`` never runs dense (exactly Eq. 5's channels), ``"always"``
+    runs every partial selection densely. Both ``*_for`` methods return the number of
+    channels actually executed with the result.
+    """
+
+    def __init__(self, conv: _Conv, size: int, outputs: bool, tuning: _Tuning) -> None:
+        self.conv, self.size, self.outputs, self.tuning = conv, size, outputs, tuning
+        self.channels = conv.weight.shape[0] if outputs else conv.weight.shape[1]
+        self.groups = self.channels // size
+        self._cache = _SelectionCache(tuning.cache_size)
+        self._per_group_allowed = (
+            size >= tuning.min_group_channels and self.groups > 1 and tuning.max_group_calls > 1
+        )
+        self._group_convs: list[_Conv] | None = None
+        self._group_shapes: set[tuple[int, ...]] = set()
+        timed = tuning.dense_fallback == "timed" and conv.weight.device.type == "cpu"
+        self._timer = _ModeTimer() if timed else None
+        self.mode_counts: collections.Counter[str] = collections.Counter()
+
+    def _per_group(self, x: torch.Tensor) -> list[_Conv]:
+        """One conv per channel group, built on first use, all packed for inputs shaped
+        like ``x`` at once (so later timed runs do not pay for packing new groups)."""
+        if self._group_convs is None:
+            select = self.conv.select_outputs if self.outputs else self.conv.select_inputs
+            self._group_convs = [
+                select(torch.arange(j * self.size, (j + 1) * self.size)) for j in range(self.groups)
+            ]
+        if self.conv.backend == "mkldnn" and tuple(x.shape) not in self._group_shapes:
+            self._group_shapes.add(tuple(x.shape))
+            for conv in self._group_convs:
+                conv._weight_for(x)
+        return self._group_convs
+
+    def _full(self, order: np.ndarray) -> bool:
+        return len(order) == self.groups and bool((order == np.arange(self.groups)).all())
+
+    def _plan(self, order: np.ndarray) -> tuple[str, _Conv | None]:
+        """How to run this selection: (mode, the conv for ``_PACKED``)."""
+        if self._full(order):
+            return _PACKED, self.conv
+        fallback = self.tuning.dense_fallback
+        if fallback == "always":
+            return _DENSE, None
+        key = order.tobytes()
+        conv = self._cache.get(key)
+        if conv is not None:
+            return _PACKED, conv
+        if not self._cache.recurs(key):
+            per_group = self._per_group_allowed and len(order) <= self.tuning.max_group_calls
+            if self._timer is not None:
+                modes = (_PER_GROUP, _PACK_NOW, _DENSE) if per_group else (_PACK_NOW, _DENSE)
+                mode = self._timer.choose(modes, len(order))
+                if mode != _PACK_NOW:
+                    return mode, None
+            elif per_group:
+                return _PER_GROUP, None
+        index = _channel_index(order, self.size, self.conv.weight.device)
+        conv = self.conv.select_outputs(index) if self.outputs else self.conv.select_inputs(index)
+        return _PACK_NOW, self._cache.put(key, conv)
+
+    def _timed(self, mode: str, selected: int, start: float) -> None:
+        """Count a run, and time it if the timer chooses between such runs (a packed
+        selection from the cache is never slower than packing it again)."""
+        self.mode_counts[mode] += 1
+        if self._timer is not None and mode != _PACKED:
+            self._timer.record(mode, selected, time.perf_counter() - start)
+
+    def outputs_for(
+        self, x: torch.Tensor, order: np.ndarray, act: _Act
+    ) -> tuple[torch.Tensor, np.ndarray, int]:
+        """act(conv(x)) for (at least) the sorted output groups ``order``: the output,
+        the groups it holds in order (all of them after a dense run), and the number of
+        channels executed."""
+        start = time.perf_counter()
+        mode, conv = self._plan(order)
+        if mode in (_PACKED, _PACK_NOW):
+            y, held = conv(x, act), order
+        elif mode == _PER_GROUP:
+            convs = self._per_group(x)
+            y, held = torch.cat([convs[j](x, act) for j in order], dim=1), order
+        else:
+            y, held = self.conv(x, act), np.arange(self.groups)
+        self._timed(mode, len(order), start)
+        return y, held, len(held) * self.size
+
+    def _mask(self, groups: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """(1, C, 1, 1): 1 on the channels of ``groups``, 0 elsewhere."""
+        mask = like.new_zeros(1, self.channels, 1, 1)
+        mask[:, _channel_index(groups, self.size, mask.device)] = 1.0
+        return mask
+
+    def _dense_input(self, parts: list[_Part]) -> torch.Tensor:
+        """The full fused map: full first-conv outputs masked, partial ones scattered."""
+        full = None
+        for part in parts:
+            if part.zero:
+                continue
+            if len(part.held) == self.groups:
+                masked = part.tensor * self._mask(part.wanted, part.tensor)
+                full = masked if full is None else full.add_(masked)
+                continue
+            if full is None:
+                shape = (1, self.channels, *part.tensor.shape[2:])
+                full = part.tensor.new_zeros(shape).contiguous(memory_format=CHANNELS_LAST)
+            full.index_copy_(
+                1, _channel_index(part.wanted, self.size, full.device), part.take(self.size)
+            )
+        if full is None:  # only the zero history
+            shape = (1, self.channels, *parts[0].tensor.shape[2:])
+            full = parts[0].tensor.new_zeros(shape).contiguous(memory_format=CHANNELS_LAST)
+        return full
+
+    def inputs_for(
+        self, parts: list[_Part], out_shape: tuple[int, ...], act: _Act, add: torch.Tensor | None
+    ) -> tuple[torch.Tensor, int]:
+        """act(conv(x~) + add), x~ being the fused map, zero outside the groups of
+        ``parts``; also returns the number of input channels executed."""
+        order = np.concatenate([p.wanted for p in parts]) if parts else np.empty(0, np.int64)
+        if not len(order):
+            y = self.conv.bias.view(1, -1, 1, 1).expand(out_shape)
+            # clone, never contiguous(): on a 1x1 map that returns the bias itself, which
+            # an in-place activation would then overwrite.
+            y = y + add if add is not None else y.clone(memory_format=CHANNELS_LAST)
+            return act(y), 0
+        start = time.perf_counter()
+        mode, conv = self._plan(order)
+        if mode == _DENSE:
+            out, executed = self.conv(self._dense_input(parts), act, add), self.channels
+        elif mode == _PER_GROUP:
+            out, executed = self._per_group_inputs(parts, act, add), len(order) * self.size
+        else:
+            taken = [p.take(self.size) for p in parts]
+            x = taken[0] if len(taken) == 1 else torch.cat(taken, dim=1)
+            out, executed = conv(x, act, add), len(order) * self.size
+        self._timed(mode, len(order), start)
+        return out, executed
+
+    def _per_group_inputs(
+        self, parts: list[_Part], act: _Act, add: torch.Tensor | None
+    ) -> torch.Tensor:
+        """act(sum over groups of conv_j(x_j) + add), accumulated in place."""
+        calls = [(j, x) for p in parts for j, x in p.groups(self.size)]
+        convs = self._per_group(calls[0][1])
+        calls = [(convs[j], x) for j, x in calls]
+        group_conv, x = calls[0]
+        if len(calls) == 1:
+            return group_conv(x, act, add)
+        out = group_conv(x, _IDENTITY, add)
+        fuse_relu = act.attr == "relu"
+        for index, (group_conv, x) in enumerate(calls[1:], start=2):
+            group_conv.accumulate_(out, x, relu=fuse_relu and index == len(calls))
+        return out if fuse_relu else act(out)
+
+
+class _DepthwiseGroupedConv:
+    """A depthwise second conv (inverted residuals) over the non-skipped channel groups;
+    a skipped channel's output is the constant act(bias), as in the patched model."""
+
+    def __init__(self, conv: _Conv, size: int, act: _Act, tuning: _Tuning) -> None:
+        self.conv, self.size, self.act = conv, size, act
+        self.groups = conv.out_channels // size
+        self._cache = _SelectionCache(tuning.cache_size)
+        self._constant = act(conv.bias.clone()).view(1, -1, 1, 1)
+        self.mode_counts: collections.Counter[str] = collections.Counter()
+
+    def inputs_for(
+        self, parts: list[_Part], out_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, int]:
+        """act(conv(x~)) for all channels (x~ as in `_GroupedConv.inputs_for`) and the
+        number of channels executed."""
+        order = np.concatenate([p.wanted for p in parts]) if parts else np.empty(0, np.int64)
+        executed = len(order) * self.size
+        taken = [p.take(self.size) for p in parts]
+        if len(order) == self.groups and bool((order == np.arange(self.groups)).all()):
+            self.mode_counts[_PACKED] += 1
+            return self.conv(taken[0], self.act), executed
+        out = self._constant.expand(out_shape).clone(memory_format=CHANNELS_LAST)
+        if len(order):
+            key = order.tobytes()
+            index = _channel_index(order, self.size, out.device)
+            conv = self._cache.get(key)
+            self.mode_counts[_PACK_NOW if conv is None else _PACKED] += 1
+            if conv is None:
+                conv = self._cache.put(key, self.conv.select_outputs(index))
+            x = taken[0] if len(taken) == 1 else torch.cat(taken, dim=1)
+            out.index_copy_(1, index, conv(x, self.act))
+        return out, executed

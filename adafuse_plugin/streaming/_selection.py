@@ -1,0 +1,115 @@
+"""How a channel selection runs: the cache of packed selections, the execution modes and
+the online timer that picks among them."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+from ._conv import _Conv
+
+
+class _SelectionCache:
+    """Convs restricted to channel selections (LRU), and which selections recur.
+
+    Packing a gathered weight costs as much as the conv it serves on small maps, so a
+    selection is packed only when it was also asked for in the last few calls: a stable
+    policy pays packing once, per-frame varying decisions (almost) never do.
+    """
+
+    def __init__(self, capacity: int, window: int = 4) -> None:
+        self.capacity = capacity
+        self._convs: collections.OrderedDict[bytes, _Conv] = collections.OrderedDict()
+        self._recent: collections.deque[bytes] = collections.deque(maxlen=window)
+
+    def get(self, key: bytes) -> _Conv | None:
+        conv = self._convs.get(key)
+        if conv is not None:
+            self._convs.move_to_end(key)
+        return conv
+
+    def recurs(self, key: bytes) -> bool:
+        """Record a request for ``key``; True if it was requested in the last calls."""
+        recurring = key in self._recent
+        self._recent.append(key)
+        return recurring
+
+    def put(self, key: bytes, conv: _Conv) -> _Conv:
+        if self.capacity > 0:
+            self._convs[key] = conv
+            if len(self._convs) > self.capacity:
+                self._convs.popitem(last=False)
+        return conv
+
+
+#: Ways to run a channel selection: its cached packed weight, one call per group, its
+#: gathered weight packed now, the dense conv.
+_PACKED, _PER_GROUP, _PACK_NOW, _DENSE = "packed", "per-group", "pack-now", "dense"
+#: ``dense_fallback`` values: choose by online timings / exactly Eq. 5 / always dense.
+DenseFallback = Literal["timed", "never", "always"]
+DENSE_FALLBACKS: tuple[str, ...] = get_args(DenseFallback)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tuning:
+    """How a channel selection is executed (see `StreamingRunner`'s arguments)."""
+
+    max_group_calls: int
+    min_group_channels: int
+    cache_size: int
+    dense_fallback: DenseFallback
+
+
+class _ModeTimer:
+    """Online cost model of one conv: which way of running a selection that is not cached
+    is fastest on this machine, right now.
+
+    A dense run costs the same whatever is selected; the sparse modes cost about their
+    number of selected groups times a per-group rate. Keeps the last few measured
+    seconds (per group, for sparse modes) per mode; an estimate is their minimum (other
+    processes only ever add time, so a stalled run must not bar a mode). Each mode runs
+    ``trials`` times before estimates are compared, its first run dropped (a first call
+    of a new shape also creates oneDNN primitives); then every ``explore_every``
+    choices another mode runs instead (in turn, among those estimated at most
+    ``explore_within`` times the best: re-timing a hopeless mode costs more than it can
+    tell), so the estimates follow the machine.
+    """
+
+    def __init__(
+        self,
+        explore_every: int = 64,
+        samples: int = 5,
+        trials: int = 3,
+        explore_within: float = 2.0,
+    ) -> None:
+        self._explore_every, self._samples, self._trials = explore_every, samples, trials
+        self._explore_within = explore_within
+        self._times: dict[str, collections.deque[float]] = {}
+        self._choices = 0
+
+    def choose(self, modes: Sequence[str], selected: int) -> str:
+        """The mode to run ``selected`` groups with: an untried one first, else the one
+        with the lowest estimate (now and then another one close to it)."""
+        estimates = []
+        for mode in modes:
+            times = self._times.get(mode)
+            if times is None or len(times) < self._trials - 1:
+                return mode
+            estimates.append((min(times) * (1 if mode == _DENSE else selected), mode))
+        estimates.sort()
+        self._choices += 1
+        explorations, rest = divmod(self._choices, self._explore_every)
+        best = estimates[0][0]
+        others = [mode for cost, mode in estimates[1:] if cost <= self._explore_within * best]
+        if rest or not others:
+            return estimates[0][1]
+        return others[(explorations - 1) % len(others)]
+
+    def record(self, mode: str, selected: int, seconds: float) -> None:
+        times = self._times.get(mode)
+        if times is None:  # the first run also paid for primitive creation: dropped
+            self._times[mode] = collections.deque(maxlen=self._samples)
+        else:
+            times.append(seconds if mode == _DENSE else seconds / selected)
