@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import eq5
+from .config import FlopsMode
 from .errors import AdaFuseInputError, AdaFusePatchError
 from .gate import ACTIONS, KEEP, REUSE, SKIP, AdaFuseGate
 from .surgery import collect_decisions, find_blocks, find_unsupported_blocks, iter_gates
@@ -97,15 +99,13 @@ class DecisionCounts:
                 raise AdaFuseInputError(
                     f"decisions of block {name!r} must be (N, T, C), got {tuple(d.shape)}"
                 )
-            keep, reuse = d == KEEP, d == REUSE
-            reused_next = torch.zeros_like(reuse)
-            reused_next[:, :-1] = reuse[:, 1:]
+            keep, reuse = (d == KEEP).int(), (d == REUSE).int()
             tally = self.blocks.setdefault(name, dict.fromkeys(self.FIELDS, 0))
             tally["elements"] += d.numel()
             tally["keep"] += int(keep.sum())
             tally["reuse"] += int(reuse.sum())
             tally["skip"] += int((d == SKIP).sum())
-            tally["first_conv_needed"] += int((keep | reused_next).sum())
+            tally["first_conv_needed"] += int(eq5.first_conv_needed(keep, reuse).sum())
             clips = d.shape[0]
         self.clips += clips or 0
 
@@ -129,10 +129,10 @@ class BlockFlops:
     """FLOPs of one patched block, per frame; fractions are None without decisions."""
 
     name: str
-    block: float
+    dense: float  # the whole block, dense
     first_conv: float
     second_conv: float
-    policy: float
+    policy_flops: float  # its policy network
     keep: float | None = None
     reuse: float | None = None
     skip: float | None = None
@@ -152,15 +152,31 @@ class BlockFlops:
             return None
         return self.second_conv * (1.0 - self.skip)
 
+    def _saved(self, mode: FlopsMode) -> float:
+        if self.skip is None or self.first_conv_saved is None:
+            return 0.0
+        needed = (1.0 - self.first_conv_saved, 1.0 - self.skip)
+        adaptive = eq5.block_flops(*needed, self.first_conv, self.second_conv, mode)
+        return self.first_conv + self.second_conv - adaptive
+
     @property
     def saved_real(self) -> float:
-        if self.skip is None:
-            return 0.0
-        return self.first_conv - self.first_conv_adaptive + self.second_conv * self.skip
+        """FLOPs per frame Eq. 5 saves in both convs."""
+        return self._saved("real")
 
     @property
     def saved_upb(self) -> float:
-        return 0.0 if self.skip is None else self.second_conv * self.skip
+        """FLOPs per frame saved in the second conv only (the paper's upper bound)."""
+        return self._saved("upb")
+
+    def with_decisions(self, counts: DecisionCounts) -> BlockFlops:
+        """This block completed with the keep / reuse / skip shares and the first-conv
+        saving of accumulated decision counts."""
+        if self.name not in counts.blocks:
+            raise AdaFuseInputError(f"the decisions have no entry for block {self.name!r}")
+        shares = {action: counts.fraction(self.name, action) for action in ACTIONS}
+        saved = 1.0 - counts.fraction(self.name, "first_conv_needed")
+        return dataclasses.replace(self, **shares, first_conv_saved=saved)
 
 
 @dataclasses.dataclass
@@ -222,14 +238,16 @@ class FlopsReport:
         rows = [("block", "dense", "conv1", "conv2", "policy", "keep", "reuse", "skip", "adaptive")]
         for b in self.blocks:
             mix = [f"{v:.0%}" if v is not None else "-" for v in (b.keep, b.reuse, b.skip)]
-            adaptive = "-" if b.skip is None else f"{(b.block - b.saved_real + b.policy) * g:.3f}"
+            adaptive = (
+                "-" if b.skip is None else f"{(b.dense - b.saved_real + b.policy_flops) * g:.3f}"
+            )
             rows.append(
                 (
                     b.name,
-                    f"{b.block * g:.3f}",
+                    f"{b.dense * g:.3f}",
                     f"{b.first_conv * g:.3f}",
                     f"{b.second_conv * g:.3f}",
-                    f"{b.policy * g:.4f}",
+                    f"{b.policy_flops * g:.4f}",
                     *mix,
                     adaptive,
                 )
@@ -373,21 +391,16 @@ def audit_flops(
         second = f"{name}.{names[id(site.adapter.second_conv_module(site.block))]}"
         block = BlockFlops(
             name=name,
-            block=by_module[name] / frames,
+            dense=by_module[name] / frames,
             first_conv=by_module[first] / frames,
             second_conv=by_module[second] / frames,
-            policy=_policy_flops(gate, 1),
+            policy_flops=_policy_flops(gate, 1),
         )
-        if decisions is not None:
-            if name not in decisions.blocks:
-                raise AdaFuseInputError(f"the decisions have no entry for block {name!r}")
-            block.keep, block.reuse, block.skip = (decisions.fraction(name, a) for a in ACTIONS)
-            block.first_conv_saved = 1.0 - decisions.fraction(name, "first_conv_needed")
-        blocks.append(block)
+        blocks.append(block if decisions is None else block.with_decisions(decisions))
     return FlopsReport(
         frames=frames,
         dense=dense,
-        policy=frames * sum(b.policy for b in blocks),
+        policy=frames * sum(b.policy_flops for b in blocks),
         blocks=blocks,
         clips_seen=decisions.clips if decisions is not None else 0,
         mix=decisions.mix() if decisions is not None else None,

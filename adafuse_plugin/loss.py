@@ -8,6 +8,7 @@ from typing import get_args
 import torch
 from torch import nn
 
+from . import eq5
 from .config import FlopsMode
 from .errors import AdaFuseConfigError, AdaFuseInputError
 from .flops import audit_flops
@@ -28,12 +29,10 @@ def expected_block_flops(
     if masks.dtype != torch.float64:  # FLOP counts overflow float16 and lose bfloat16
         masks = masks.float()
     keep, reuse, skip = masks[..., KEEP], masks[..., REUSE], masks[..., SKIP]
-    second = second_conv * (1.0 - skip).mean()
-    if mode == "upb":
-        return first_conv + second
-    reused_next = torch.cat([reuse[:, 1:], torch.zeros_like(reuse[:, :1])], dim=1)
-    needed = keep + reused_next - keep * reused_next  # keep_t OR reuse_{t+1}
-    return first_conv * needed.mean() + second
+    first = eq5.first_conv_needed(keep, reuse).mean()
+    return eq5.block_flops(
+        first, eq5.second_conv_needed(skip).mean(), first_conv, second_conv, mode
+    )
 
 
 class AdaFuseFlopsLoss(nn.Module):

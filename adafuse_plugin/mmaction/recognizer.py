@@ -34,7 +34,7 @@ from torch import nn
 from ..config import AdaFuseConfig
 from ..errors import AdaFuseConfigError, AdaFuseInputError, AdaFuseUnpatchedWarning
 from ..flops import DecisionCounts, FlopsReport, audit_flops
-from ..gate import ACTIONS, GATE_ATTR
+from ..gate import GATE_ATTR
 from ..loss import AdaFuseFlopsLoss
 from ..surgery import collect_decisions, iter_gates, patch_model
 from .tsm import TSM_WIRINGS, check_authors_wiring, wire_downsample_to_shifted_input
@@ -249,11 +249,5 @@ class AdaFuseRecognizer2D(Recognizer2D):
 
 def report_from_counts(static: FlopsReport, counts: DecisionCounts) -> FlopsReport:
     """A dense `FlopsReport` completed with accumulated decision counts (Eq. 5)."""
-    blocks = []
-    for block in static.blocks:
-        if block.name not in counts.blocks:
-            raise AdaFuseConfigError(f"no decisions were recorded for block {block.name!r}")
-        fractions = {action: counts.fraction(block.name, action) for action in ACTIONS}
-        saved = 1.0 - counts.fraction(block.name, "first_conv_needed")
-        blocks.append(dataclasses.replace(block, **fractions, first_conv_saved=saved))
+    blocks = [block.with_decisions(counts) for block in static.blocks]
     return dataclasses.replace(static, blocks=blocks, clips_seen=counts.clips, mix=counts.mix())

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import eq5
 from ..adapters import qualified_name
 from ..errors import AdaFuseStreamingError
 from ..gate import FORBIDDEN_ACTIONS, KEEP, REUSE, AdaFuseGate, PolicyNet
@@ -191,10 +192,14 @@ class _StreamingBlock(nn.Module):
         out, second_executed = self._finish(x, parts)
         state.actions = actions
         state.channels = (first_executed, second_executed)
-        # Eq. 5: reused groups not kept at t-1 count for the first conv, however computed.
+        # Eq. 5 as frames arrive: frame t-1 needs its first conv where kept at t-1 or reused
+        # at t (eq5.either); the kept groups were charged at t-1, the others are now.
         first_eq5 = len(keep)
         if state.started:
-            first_eq5 += len(reuse) - int(state.keep_mask[reuse].sum())
+            reused = np.zeros(self.groups, np.int64)
+            reused[reuse] = 1
+            kept_before = state.keep_mask.astype(np.int64)
+            first_eq5 += int(eq5.either(kept_before, reused).sum() - kept_before.sum())
         state.eq5_channels = (first_eq5 * self.size, (len(keep) + len(reuse)) * self.size)
         state.keep_mask, state.y, state.held = keep_mask, y, held
         state.held_mask = keep_mask if held is keep else np.ones(self.groups, bool)
