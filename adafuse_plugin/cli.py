@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the script mmaction2 installs under mmaction/.mim/tools exactly as "
         "`python tools/NAME.py ARGS...`, after the compatibility fixes that 'mmaction::' "
         "configs need on a current setuptools. Example: adafuse tools train CONFIG "
-        "--work-dir work_dirs/x; adafuse tools get_flops CONFIG --shape 1 8 3 224 224.",
+        "--work-dir work_dirs/x; adafuse tools get_flops CONFIG --shape 8 3 224 224.",
     )
     tools.add_argument("tool", help="the tool's file name without .py: train, test, get_flops...")
     tools.add_argument("tool_args", nargs=argparse.REMAINDER, help="the tool's own arguments")

@@ -359,19 +359,26 @@ def train_and_test(
 
 def format_table(results: list[dict]) -> str:
     """The demo's result table (within-pair accuracy where the classes come in pairs)."""
-    header = (
-        f"{'model':<22}{'params':>8}{'top-1':>8}{'pair':>7}{'dense GF':>10}{'adaptive GF':>13}"
-        f"{'saving':>8}  keep/reuse/skip"
-    )
-    lines = [header, "-" * len(header)]
+    from tabulate import tabulate
+
+    headers = ("model", "params", "top-1", "pair", "dense GF", "adaptive GF", "saving")
+    rows = []
     for r in results:
-        mix = "/".join(f"{r['mix'][a]:.0%}" for a in ACTIONS)
         pair = "-" if r.get("within_pair") is None else f"{r['within_pair']:.0%}"
-        lines.append(
-            f"{r['model']:<22}{r['params'] / 1e6:>7.2f}M{r['top1']:>8.1%}{pair:>7}"
-            f"{r['dense_gflops']:>10.3f}{r['adaptive_gflops']:>13.3f}{r['saving']:>8.1%}  {mix}"
+        rows.append(
+            (
+                r["model"],
+                f"{r['params'] / 1e6:.2f}M",
+                f"{r['top1']:.1%}",
+                pair,
+                f"{r['dense_gflops']:.3f}",
+                f"{r['adaptive_gflops']:.3f}",
+                f"{r['saving']:.1%}",
+                "/".join(f"{r['mix'][a]:.0%}" for a in ACTIONS),
+            )
         )
-    return "\n".join(lines)
+    align = ("left",) + ("right",) * (len(headers) - 1) + ("left",)
+    return tabulate(rows, (*headers, "keep/reuse/skip"), disable_numparse=True, colalign=align)
 
 
 def run_demo(

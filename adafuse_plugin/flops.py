@@ -234,8 +234,21 @@ class FlopsReport:
 
     def table(self) -> str:
         """A per-block table (GFLOPs per ``frames`` frames) followed by the totals."""
+        from tabulate import tabulate
+
         g = self.frames / 1e9
-        rows = [("block", "dense", "conv1", "conv2", "policy", "keep", "reuse", "skip", "adaptive")]
+        headers = (
+            "block",
+            "dense",
+            "conv1",
+            "conv2",
+            "policy",
+            "keep",
+            "reuse",
+            "skip",
+            "adaptive",
+        )
+        rows = []
         for b in self.blocks:
             mix = [f"{v:.0%}" if v is not None else "-" for v in (b.keep, b.reuse, b.skip)]
             adaptive = (
@@ -252,13 +265,8 @@ class FlopsReport:
                     adaptive,
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = [
-            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-            for r in rows
-        ]
-        lines.insert(1, "-" * len(lines[0]))
-        lines.append("")
+        align = ("left",) + ("right",) * (len(headers) - 1)
+        lines = [tabulate(rows, headers, disable_numparse=True, colalign=align), ""]
         lines.append(f"frames per count      {self.frames}")
         lines.append(f"dense GFLOPs          {self.dense / 1e9:.3f}")
         lines.append(f"policy GFLOPs         {self.policy / 1e9:.4f}")

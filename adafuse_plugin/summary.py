@@ -25,12 +25,11 @@ class PatchSummary:
     unsupported: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
+        from tabulate import tabulate
+
         header = ("block", "class", "c -> c'", "hidden", "params")
         body = [(n, c, ch, str(h) if h else "-", f"{p:,}") for n, c, ch, h, p in self.rows]
-        table = [header, *body]
-        widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in table]
-        lines.insert(1, "-" * len(lines[0]))
+        lines = [tabulate(body, header, disable_numparse=True)]
         share = self.added_parameters / max(self.base_parameters, 1)
         lines += [
             "",

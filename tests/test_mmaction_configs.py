@@ -273,3 +273,42 @@ def test_metafile_and_model_zoo_table_are_current():
     from adafuse_plugin.mmaction.metafile import write
 
     assert write(check=True) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "adafuse-tsn_r18_8xb8-1x1x8-50e_sthv2-rgb.py",
+        "adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py",
+    ],
+)
+def test_webcam_frames_are_preprocessed_as_in_testing(name, sample_video):
+    """`frame_transform` (cv2 frames of a capture) equals mmaction2's own test pipeline and
+    data preprocessor on the same frames of the same video."""
+    import cv2
+    from mmaction.registry import MODELS
+    from mmengine.dataset import Compose
+    from mmengine.registry import init_default_scope
+
+    from adafuse_plugin.mmaction.streaming import frame_transform
+
+    init_default_scope("mmaction")
+    cfg = config(name)
+    video = str(sample_video["video"])
+    sample = Compose(cfg.test_pipeline)(
+        dict(filename=video, label=0, start_index=0, modality="RGB")
+    )
+    preprocessor = MODELS.build(cfg.model.data_preprocessor)
+    expected = preprocessor(dict(inputs=[sample["inputs"]], data_samples=[sample["data_samples"]]))
+    expected = expected["inputs"][0]  # (views * T, 3, H, W), normalised
+    capture = cv2.VideoCapture(video)
+    frames = []
+    ok, frame = capture.read()
+    while ok:
+        frames.append(frame)
+        ok, frame = capture.read()
+    transform = frame_transform(cfg)
+    indices = Compose(cfg.test_pipeline[:2])(dict(filename=video, start_index=0))["frame_inds"]
+    got = torch.stack([transform(frames[i]) for i in indices])
+    assert got.shape == expected.shape
+    assert torch.equal(got, expected)  # the same decoder (ffmpeg) and the same transforms

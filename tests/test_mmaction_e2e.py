@@ -247,5 +247,5 @@ def test_mmaction2_tools_run_an_mmaction_config_in_a_fresh_process(data_root, tm
     assert any(".adafuse.policy_net." in key for key in state["state_dict"])
     out = tool("test", str(config), str(checkpoint), "--work-dir", str(work_dir))
     assert "acc/gflops_real" in out and "acc/top1" in out
-    out = tool("get_flops", str(config), "--shape", "1", "4", "3", "64", "64")
+    out = tool("get_flops", str(config), "--shape", "4", "3", "64", "64")  # T C H W
     assert "Flops:" in out and "Params:" in out

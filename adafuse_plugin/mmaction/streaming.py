@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -12,6 +14,9 @@ from ..errors import AdaFuseConfigError
 from ..streaming import StreamingRunner
 from .audit import build_model
 from .runner import load_config_dump
+
+#: Pipeline steps that pack frames into model inputs (the preprocessor's job in a stream).
+_PACKING = ("FormatShape", "PackActionInputs")
 
 
 class FrameClassifier(nn.Module):
@@ -51,3 +56,36 @@ def load_work_dir(work_dir: str | Path, allow_unsafe: bool = False) -> tuple[nn.
 def streaming_runner(recognizer: nn.Module, **options: Any) -> StreamingRunner:
     """A `StreamingRunner` over a patched TSN recognizer (options: the runner's)."""
     return StreamingRunner(FrameClassifier(recognizer).eval(), **options)
+
+
+def frame_transform(cfg: Any) -> Callable[[np.ndarray], torch.Tensor]:
+    """BGR frames as ``cv2.VideoCapture`` reads them (a webcam, a stream) -> the normalised
+    (3, H, W) frames the recognizer saw in testing: the config's own test pipeline after
+    its decode step (resize, crop...), then its data preprocessor's mean and std."""
+    import cv2
+    from mmcv.transforms import Compose
+    from mmengine.registry import init_default_scope
+
+    init_default_scope(cfg.get("default_scope", "mmaction"))
+    pipeline = list(cfg.get("test_pipeline") or cfg.test_dataloader.dataset.pipeline)
+    decoded = max(i for i, step in enumerate(pipeline) if step["type"].endswith("Decode"))
+    spatial = [s for s in pipeline[decoded + 1 :] if s["type"] not in _PACKING]
+    views = [s["type"] for s in spatial if s["type"] in ("ThreeCrop", "TenCrop")]
+    if views:
+        raise AdaFuseConfigError(
+            f"the test pipeline makes {views[0]} views; a stream has one view per frame: "
+            "use a pipeline with CenterCrop"
+        )
+    transforms = Compose(spatial)
+    preprocessor = cfg.model.data_preprocessor
+    mean = torch.tensor(preprocessor.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(preprocessor.std, dtype=torch.float32).view(3, 1, 1)
+
+    def transform(bgr: np.ndarray) -> torch.Tensor:
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        shape = rgb.shape[:2]
+        results = transforms(dict(imgs=[rgb], img_shape=shape, original_shape=shape))
+        frame = torch.from_numpy(np.ascontiguousarray(results["imgs"][0])).permute(2, 0, 1)
+        return (frame.float() - mean) / std
+
+    return transform
