@@ -30,7 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from adafuse_plugin.demo import DemoSettings, Variant, prepare_data, train_and_test
-from adafuse_plugin.synthetic_videos import FAMILIES, PHASES
+from adafuse_plugin.demo.videos import FAMILIES, PHASES
 
 ACTIONS = ("keep", "reuse", "skip")
 LEARNED = (
@@ -154,7 +154,7 @@ def plot(
 ) -> Path:
     """Top-1 against GFLOPs per clip, error bars = std over seeds; the models named in
     ``joined`` (a sweep) are linked by a line in FLOPs order."""
-    from adafuse_plugin.report_plots import new_figure
+    from adafuse_plugin.demo.plots import new_figure
 
     figure = new_figure(6.8, 4.8)
     ax = figure.add_subplot()

@@ -55,7 +55,7 @@ def stream_split(recognizer: torch.nn.Module, cfg: object, split: str) -> dict[s
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> Path:
-    from adafuse_plugin.report_plots import new_figure
+    from adafuse_plugin.demo.plots import new_figure
 
     figure = new_figure(6.4, 4.6)
     ax = figure.add_subplot()

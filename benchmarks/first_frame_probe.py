@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adafuse_plugin.synthetic_videos import FAMILIES, render_clip, sample_spec
+from adafuse_plugin.demo.videos import FAMILIES, render_clip, sample_spec
 
 
 def clips(family: str, phase: str, per_class: int, seed: int, size: int) -> tuple:

@@ -33,7 +33,7 @@ from pathlib import Path
 from ablation import ACTIONS, matched_baselines, plot, run_phase
 
 from adafuse_plugin.demo import DemoSettings, Variant, prepare_data
-from adafuse_plugin.synthetic_videos import FAMILIES, PHASES
+from adafuse_plugin.demo.videos import FAMILIES, PHASES
 
 PRETRAINED = (Variant("TSN", "tsn", "keep"), Variant("TSM", "tsm", "keep"))
 SIZE_ORDER = ("tiny", "small", "medium", "large")
@@ -144,7 +144,7 @@ def mix_per_epoch(results: list[dict], model: str) -> dict[str, list[float]]:
 
 
 def plot_mix_per_epoch(mix: dict[str, list[float]], model: str, path: Path) -> Path:
-    from adafuse_plugin.report_plots import COLORS, new_figure
+    from adafuse_plugin.demo.plots import COLORS, new_figure
 
     figure = new_figure(6.0, 3.6)
     ax = figure.add_subplot()
@@ -437,7 +437,7 @@ def report(results: list[dict], settings: DemoSettings, args: argparse.Namespace
     checks = "\n".join(targets(rows, first_name))
     print(f"\ntargets:\n{checks}")
     (args.out / "recipe.md").write_text(f"{table}\n\nTargets:\n\n{checks}\n")
-    from adafuse_plugin.report_plots import plot_block_policies
+    from adafuse_plugin.demo.plots import plot_block_policies
 
     seed = args.seeds[0]
     adafuse_runs = [r for r in results if r["seed"] == seed and r["policy"] != "keep"]

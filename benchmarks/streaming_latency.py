@@ -176,7 +176,7 @@ def generated_clips(
 ) -> torch.Tensor:
     """(count, frames, 3, size, size) clips of the generated dataset's classes in turn,
     every other frame of 16, normalised by ``mean`` and ``std`` (0-255 scale)."""
-    from adafuse_plugin.synthetic_videos import CLASSES, render_clip, sample_spec
+    from adafuse_plugin.demo.videos import CLASSES, render_clip, sample_spec
 
     rng = np.random.default_rng(0)
     clips = []

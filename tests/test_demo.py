@@ -101,7 +101,7 @@ def user_folder(tmp_path_factory):
     """A video-list folder 'of a user': generated clips without our manifest, 3 classes."""
     import shutil
 
-    from adafuse_plugin.synthetic_videos import generate_dataset
+    from adafuse_plugin.demo.videos import generate_dataset
 
     root = tmp_path_factory.mktemp("videos")
     info = generate_dataset(root / "gen", 3, num_frames=8, frame_size=32, progress=False)

@@ -89,7 +89,7 @@ def sample_video(tmp_path_factory) -> dict[str, Path]:
     """One generated clip as a video file and as a folder of 1-based {:05}.jpg frames."""
     import cv2
 
-    from adafuse_plugin.synthetic_videos import generate_dataset
+    from adafuse_plugin.demo.videos import generate_dataset
 
     root = tmp_path_factory.mktemp("sample")
     info = generate_dataset(root / "data", size="tiny", frame_size=64, progress=False)

@@ -20,8 +20,8 @@ import torch
 pytest.importorskip("mmaction")
 
 from adafuse_plugin.cli import main  # noqa: E402
+from adafuse_plugin.demo.videos import generate_dataset  # noqa: E402
 from adafuse_plugin.mmaction.compat import safe_load_checkpoint  # noqa: E402
-from adafuse_plugin.synthetic_videos import generate_dataset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "mmaction_configs/adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py")

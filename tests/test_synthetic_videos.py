@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adafuse_plugin.synthetic_videos import (
+from adafuse_plugin.demo.videos import (
     CLASSES,
     CYCLE_CLASSES,
     SIZES,
@@ -408,7 +408,7 @@ def test_generate_dataset_rejects_bad_input(tmp_path: Path, kwargs: dict, messag
 
 
 def test_module_imports_without_opencv() -> None:
-    code = "import sys, adafuse_plugin.synthetic_videos; assert 'cv2' not in sys.modules"
+    code = "import sys, adafuse_plugin.demo.videos; assert 'cv2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 

@@ -1,6 +1,6 @@
 # Small CPU config: AdaFuse-TSM ResNet-18 from scratch on the generated videos of
-# adafuse_plugin.synthetic_videos (10 classes, 64x64). Used by the tests and as a smoke run:
-#   python -c "from adafuse_plugin.synthetic_videos import generate_dataset as g; \
+# adafuse_plugin.demo.videos (10 classes, 64x64). Used by the tests and as a smoke run:
+#   python -c "from adafuse_plugin.demo.videos import generate_dataset as g; \
 #              g('data/adafuse_synthetic', size='small')"
 #   OMP_NUM_THREADS=1 adafuse train mmaction_configs/adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py
 # No flip: the generated classes come in mirrored pairs (moving_left / moving_right).

@@ -44,7 +44,7 @@ DATASETS = {
     "sthv2": "Something-Something V2",
     "jester": "Jester",
     "mini-kinetics": "Mini-Kinetics",
-    "synthetic": "generated videos (adafuse_plugin.synthetic_videos)",
+    "synthetic": "generated videos (adafuse_plugin.demo.videos)",
 }
 #: mmaction2's config naming: {model}_{backbone}_{gpus}xb{batch}-{sampling}-{epochs}e_{data}-rgb
 _NAME = re.compile(

@@ -7,7 +7,7 @@ mmaction2 config from the small synthetic config
 mmengine's ``Runner`` through the real data pipeline (``VideoDataset``, decord decoding,
 ``SampleFrames``, ``Resize``), tests it on the test split with ``AdaFuseMetric`` (top-1, dense
 and adaptive GFLOPs, keep / reuse / skip mix, per block), prints a table and writes a report
-folder: ``report.json`` and PNG plots (see :mod:`adafuse_plugin.report_plots`).
+folder: ``report.json`` and PNG plots (see :mod:`adafuse_plugin.demo.plots`).
 
 TSN is ``AdaFuseRecognizer2D`` with ``policy='keep'``: its outputs equal the unpatched
 network's, and the same metric reports its (dense == adaptive) FLOPs.
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import PolicyName
-from .gate import GATE_ATTR
-from .synthetic_videos import Family, Phase
+from ..config import PolicyName
+from ..gate import GATE_ATTR
+from .videos import Family, Phase
 
 SYNTHETIC_CONFIG = "adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py"
 ACTIONS = ("keep", "reuse", "skip")
@@ -77,7 +77,7 @@ class DemoSettings:
     seed: int = 0
     quiet: bool = False
     data: str | None = None  # a video-list folder of your own instead of generated videos
-    phase: Phase = "random"  # how the generated actions start (synthetic_videos)
+    phase: Phase = "random"  # how the generated actions start (demo.videos)
     family: Family = "motion"  # which generated classes: "motion" or "cycles"
     adapt_epochs: int = 10  # variants with init_from: fine-tuning epochs
     adapt_lr: float = 5e-4  # and their peak learning rate
@@ -90,7 +90,7 @@ QUICK = dict(size="tiny", epochs=2, adapt_epochs=1)
 def config_dir() -> Path:
     """The shipped mmaction2 configs: package data, so installed wheels have them too
     (``mmaction_configs/`` in a source checkout links here)."""
-    return Path(__file__).resolve().parent / "configs"
+    return Path(__file__).resolve().parents[1] / "configs"
 
 
 def _set_pipeline(pipeline: list, num_frames: int, frame_size: int) -> None:
@@ -113,7 +113,7 @@ def build_config(
     """The mmengine config of one demo model, derived from the synthetic base config;
     ``load_from`` (for a variant with ``init_from``): the checkpoint it adapts;
     ``paired_classes``: report within-pair accuracy (generated data)."""
-    from .mmaction.runner import load_config
+    from ..mmaction.runner import load_config
 
     path = config_dir() / SYNTHETIC_CONFIG
     cfg = load_config(path)
@@ -259,7 +259,7 @@ def read_video_folder(root: str | Path) -> VideoFolder:
 def prepare_data(output_dir: Path, settings: DemoSettings) -> Path:
     """The dataset folder of a run: ``settings.data`` (checked), else generated videos
     (cached under ``output_dir``)."""
-    from .synthetic_videos import generate_dataset
+    from .videos import generate_dataset
 
     if settings.data is not None:
         return read_video_folder(settings.data).root
@@ -338,7 +338,7 @@ def train_and_test(
 
     The result's ``checkpoint`` is the trained weights (for variants adapting this one).
     """
-    from .mmaction.runner import build_runner
+    from ..mmaction.runner import build_runner
 
     data = read_video_folder(data_root)
     cfg = build_config(
@@ -404,7 +404,7 @@ def run_demo(
             f"adafuse demo needs mmaction2 and matplotlib ({error}); install the extras: "
             "pip install -c constraints.txt -e '.[mmaction,demo]' (or bash scripts/setup.sh)"
         ) from error
-    from .report_plots import write_plots
+    from .plots import write_plots
 
     settings = DemoSettings(**QUICK) if quick else DemoSettings()
     given = dict(overrides, epochs=epochs, size=size)
