@@ -174,9 +174,14 @@ class BlockFlops:
         saving of accumulated decision counts."""
         if self.name not in counts.blocks:
             raise AdaFuseInputError(f"the decisions have no entry for block {self.name!r}")
-        shares = {action: counts.fraction(self.name, action) for action in ACTIONS}
-        saved = 1.0 - counts.fraction(self.name, "first_conv_needed")
-        return dataclasses.replace(self, **shares, first_conv_saved=saved)
+        share = {action: counts.fraction(self.name, action) for action in ACTIONS}
+        return dataclasses.replace(
+            self,
+            keep=share["keep"],
+            reuse=share["reuse"],
+            skip=share["skip"],
+            first_conv_saved=1.0 - counts.fraction(self.name, "first_conv_needed"),
+        )
 
 
 @dataclasses.dataclass
@@ -251,7 +256,7 @@ class FlopsReport:
         rows = []
         for b in self.blocks:
             mix = [f"{v:.0%}" if v is not None else "-" for v in (b.keep, b.reuse, b.skip)]
-            adaptive = (
+            executed = (
                 "-" if b.skip is None else f"{(b.dense - b.saved_real + b.policy_flops) * g:.3f}"
             )
             rows.append(
@@ -262,7 +267,7 @@ class FlopsReport:
                     f"{b.second_conv * g:.3f}",
                     f"{b.policy_flops * g:.4f}",
                     *mix,
-                    adaptive,
+                    executed,
                 )
             )
         align = ("left",) + ("right",) * (len(headers) - 1)
@@ -275,14 +280,13 @@ class FlopsReport:
                 f"blocks without a gate {len(self.unpatched)}, {self.unpatched_share:.1%} of "
                 "dense FLOPs (no adapter for their class; see find_unsupported_blocks)"
             )
-        if self.has_decisions:
-            lines.append(
-                f"adaptive GFLOPs real  {self.adaptive / 1e9:.3f}  (saving {self.saving:.1%})"
-            )
-            lines.append(f"adaptive GFLOPs upb   {self.adaptive_upb / 1e9:.3f}")
+        adaptive, upb, saving, shares = self.adaptive, self.adaptive_upb, self.saving, self.mix
+        if adaptive is not None and upb is not None and saving is not None and shares is not None:
+            lines.append(f"adaptive GFLOPs real  {adaptive / 1e9:.3f}  (saving {saving:.1%})")
+            lines.append(f"adaptive GFLOPs upb   {upb / 1e9:.3f}")
             lines.append(
                 "policy mix            "
-                + " / ".join(f"{a} {self.mix[a]:.1%}" for a in ACTIONS)
+                + " / ".join(f"{a} {shares[a]:.1%}" for a in ACTIONS)
                 + f"  over {self.clips_seen} clip(s)"
             )
         return "\n".join(lines)
@@ -349,7 +353,7 @@ def _policy_flops(gate: AdaFuseGate, frames: int) -> float:
 
 def audit_flops(
     model: nn.Module,
-    input_shape: tuple[int, int, int, int] = (8, 3, 224, 224),
+    input_shape: tuple[int, ...] = (8, 3, 224, 224),
     decisions: Mapping[str, torch.Tensor] | DecisionCounts | None = None,
     loader: Iterable[Any] | None = None,
     max_batches: int | None = None,

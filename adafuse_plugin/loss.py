@@ -58,7 +58,7 @@ class AdaFuseFlopsLoss(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        input_shape: tuple[int, int, int, int] = (8, 3, 224, 224),
+        input_shape: tuple[int, ...] = (8, 3, 224, 224),
         weight: float = 0.1,
         mode: FlopsMode = "real",
         normalize: bool = True,

@@ -7,6 +7,7 @@ import fnmatch
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -135,7 +136,7 @@ def patch_model(
     config: AdaFuseConfig | None = None,
     *,
     strict: bool = False,
-    **overrides: object,
+    **overrides: Any,
 ) -> nn.Module:
     """Insert an AdaFuse gate into every selected residual block, in place.
 

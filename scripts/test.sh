@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check adafuse_plugin tests benchmarks
 .venv/bin/ruff format --check adafuse_plugin tests benchmarks
-.venv/bin/mypy  # the modules listed in pyproject.toml [tool.mypy]
+.venv/bin/mypy  # the whole package (pyproject.toml [tool.mypy])
 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" .venv/bin/python -m pytest -q

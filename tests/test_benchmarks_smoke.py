@@ -30,6 +30,7 @@ def test_gpu_timings_runs_on_the_cpu(tmp_path):
     assert "| resnet50 | float32 | adafuse |" in table
 
 
+@pytest.mark.slow
 def test_gpu_timings_without_a_gpu_exits_cleanly():
     import torch
 

@@ -41,6 +41,7 @@ def _all_actions(decisions: dict[str, torch.Tensor]) -> bool:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replicas", [False, True])
 def test_concurrent_calls_equal_sequential_ones(model, replicas):
     model.eval()
@@ -106,6 +107,7 @@ def _assert_same(reference, result) -> None:
     assert policy and all(g.abs().sum() > 0 for g in policy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["reentrant", "non-reentrant", "timm"])
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(model, variant):
     """In float64, so that summation order (recomputation) leaves no visible rounding."""
@@ -120,6 +122,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(model, varia
     _assert_same(reference, _loss_and_grads(net, x))
 
 
+@pytest.mark.slow
 def test_mmaction2_with_cp_gives_the_same_loss_and_gradients():
     pytest.importorskip("mmaction")
     from mmaction.models.backbones import ResNet
@@ -137,6 +140,7 @@ def test_mmaction2_with_cp_gives_the_same_loss_and_gradients():
     _assert_same(_loss_and_grads(plain, x), _loss_and_grads(checkpointed, x))
 
 
+@pytest.mark.slow
 def test_torch_compile_train_and_eval_equal_eager(model):
     x = torch.randn(4, 3, 32, 32)
     eager = copy.deepcopy(model)
@@ -155,6 +159,7 @@ def test_torch_compile_train_and_eval_equal_eager(model):
         torch.testing.assert_close(net(x), eager(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_flops_loss_in_reduced_precision_matches_float64(model, dtype):
     """FLOP counts overflow float16: the loss is computed in float32 whatever the masks."""

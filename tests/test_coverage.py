@@ -96,7 +96,17 @@ def test_at_least_25_timm_models_are_covered():
     assert len(TIMM_MODELS) >= 25
 
 
-@pytest.mark.parametrize("name", sorted(TIMM_MODELS))
+#: One model per family in the fast loop; the others run with the full suite.
+FAST_TIMM_MODELS = {"resnet18", "efficientnet_b0", "regnetx_002"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=() if name in FAST_TIMM_MODELS else pytest.mark.slow)
+        for name in sorted(TIMM_MODELS)
+    ],
+)
 def test_timm_model(name):
     torch.manual_seed(0)
     check_patching(timm.create_model(name, num_classes=3), TIMM_MODELS[name])
@@ -104,7 +114,11 @@ def test_timm_model(name):
 
 @pytest.mark.parametrize(
     ("name", "block"),
-    [("resnet18", "BasicBlock"), ("resnet50", "Bottleneck"), ("densenet121", "_DenseLayer")],
+    [
+        ("resnet18", "BasicBlock"),
+        pytest.param("resnet50", "Bottleneck", marks=pytest.mark.slow),
+        pytest.param("densenet121", "_DenseLayer", marks=pytest.mark.slow),
+    ],
 )
 def test_torchvision_model(name, block):
     models = pytest.importorskip("torchvision.models")

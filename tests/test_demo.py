@@ -15,6 +15,7 @@ from adafuse_plugin.demo import format_table  # noqa: E402
 MODELS = ["TSN-R18", "TSM-R18", "AdaFuse-TSN-R18", "AdaFuse-TSM-R18", "AdaFuse-TSM+Last-R18"]
 
 
+@pytest.mark.slow
 def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
     argv = [
         "demo",

@@ -28,6 +28,7 @@ def _eager(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, t
         return model(x), af.collect_decisions(model)
 
 
+@pytest.mark.slow
 def test_dynamic_batch_export_finishes_and_matches_eager():
     """In a child process with a deadline: the bug this guards was a hang (symbolic
     N*T // T shapes growing with every block), not an exception."""
@@ -54,6 +55,7 @@ def test_dynamic_batch_export_finishes_and_matches_eager():
     assert "ok" in done.stdout
 
 
+@pytest.mark.slow
 def test_exported_program_returns_the_decisions_of_each_call(model):
     program = export_program(model, torch.randn(8, 3, 32, 32), decisions=True).module()
     names = WithDecisions(model).block_names

@@ -108,6 +108,7 @@ def test_dense_flops_equal_fvcore_on_the_unpatched_model():
     assert report.blocks[0].first_conv == counter.get_total_flops() / 2
 
 
+@pytest.mark.slow
 def test_reference_dense_flops_of_resnet50_at_224():
     model = af.patch_model(timm.create_model("resnet50", num_classes=1000), num_segments=8)
     report = af.audit_flops(model, input_shape=(8, 3, 224, 224))

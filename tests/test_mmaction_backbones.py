@@ -36,6 +36,7 @@ def _backbones():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "resnet50_tsm", "tanet50", "mobilenetv2_tsm"])
 def test_mmaction_backbone(name):
     build, classes, segments = _backbones()[name]

@@ -181,6 +181,7 @@ _UNPATCHED_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_unpatched_stack_needs_every_fix(runner_checkpoint, malicious_checkpoint, tmp_path):
     """In a fresh interpreter without the fixes, each problem actually occurs."""
     evil_path, marker = malicious_checkpoint
@@ -279,6 +280,7 @@ def test_apply_compat_fixes_is_idempotent(mmaction_scope, runner_checkpoint):
     ],
     ids=["tsn-r18", "tsm-r50", "tanet-r50", "mobilenetv2-tsm"],
 )
+@pytest.mark.slow
 def test_recognizer2d_builds_and_trains(mmaction_scope, backbone, in_channels, num_frames):
     from mmaction.registry import MODELS
 

@@ -62,7 +62,17 @@ def test_there_is_a_config_per_model_and_dataset():
             assert f"{model}_8xb8-1x1x8-50e_{dataset}-rgb.py" in CONFIGS
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+#: Configs built in the fast loop (one per model family); the others in the full suite.
+FAST_CONFIGS = {
+    "adafuse-tsm_r18_1xb2-1x1x4-2e_synthetic-rgb.py",
+    "adafuse-tsn_r18_8xb8-1x1x8-50e_sthv1-rgb.py",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=() if n in FAST_CONFIGS else pytest.mark.slow) for n in CONFIGS],
+)
 def test_config_builds_model_and_pipelines(name):
     from mmaction.registry import TRANSFORMS
     from mmengine.dataset import Compose
@@ -145,12 +155,14 @@ def test_parameter_counts_match_the_paper(name, millions):
 @pytest.mark.parametrize(
     "name", ["tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py", "tsm_r50_8xb8-1x1x8-50e_sthv1-rgb.py"]
 )
+@pytest.mark.slow
 def test_dense_flops_of_r50_baselines_match_the_paper(name):
     model = build(config(name))
     gflops = dense_backbone_flops(model.backbone, (8, 3, 224, 224)) / 1e9
     assert gflops == pytest.approx(33.2, rel=0.015)
 
 
+@pytest.mark.slow
 def test_adafuse_dense_flops_equal_the_baseline():
     model = build(config("adafuse-tsn_r50_8xb8-1x1x8-50e_sthv1-rgb.py"))
     report = model.flops_report()
@@ -218,6 +230,7 @@ def test_missing_num_segments_and_bad_loss_mode_are_rejected():
         build(cfg)
 
 
+@pytest.mark.slow
 def test_cli_audit_accepts_configs(capsys):
     import json
 

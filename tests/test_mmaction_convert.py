@@ -27,6 +27,9 @@ from adafuse_plugin.mmaction.convert import (  # noqa: E402
     shipped_config,
 )
 
+# Every case builds ResNet-50 recognizers: out of the fast loop (`-m "not slow"`).
+pytestmark = pytest.mark.slow
+
 FRAMES, CLASSES, QUOTA = 8, 174, 196608
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # ResNet-50: (width, blocks)
 

@@ -57,6 +57,7 @@ def scalars(work_dir: Path) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_train_validate_test_resume_audit(data_root, tmp_path, capsys):
     work_dir = tmp_path / "work"
     options = data_options(data_root, **{"train_cfg.max_epochs": 1, "experiment_name": "e2e_a"})
@@ -118,6 +119,7 @@ def test_train_validate_test_resume_audit(data_root, tmp_path, capsys):
     assert report["adaptive"] < report["dense"]
 
 
+@pytest.mark.slow
 def test_resume_after_an_epoch_is_bit_exact(data_root, tmp_path):
     """Kill after epoch 1, resume: the weights of epoch 2 equal the uninterrupted run's
     (AdaFuseHook reseeds every epoch; mmengine restores the run's seed)."""
@@ -157,6 +159,7 @@ torch.save(params, f"{sys.argv[2]}/params_rank{dist.get_rank()}.pt")
 """
 
 
+@pytest.mark.slow
 def test_two_process_distributed_training(data_root, tmp_path):
     """torchrun + gloo on CPU: both ranks train and end with identical weights."""
     work_dir = tmp_path / "dist"

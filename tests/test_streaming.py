@@ -101,11 +101,15 @@ def mix(decisions: dict) -> torch.Tensor:
     ("name", "config"),
     [
         ("resnet18", {}),
-        ("resnet26", {"granularity": 16, "stages": (0, -1)}),
+        pytest.param("resnet26", {"granularity": 16, "stages": (0, -1)}, marks=pytest.mark.slow),
         ("tv_resnet18", {"granularity": 4}),
-        ("tv_resnet50", {"policy": "keep_skip", "stages": (-1,)}),
+        pytest.param(
+            "tv_resnet50", {"policy": "keep_skip", "stages": (-1,)}, marks=pytest.mark.slow
+        ),
         ("mobilenetv2_100", {"granularity": 8, "stages": (1, -2, -1)}),
-        ("efficientnet_b0", {"policy": "keep_reuse", "stages": (-3, -1)}),
+        pytest.param(
+            "efficientnet_b0", {"policy": "keep_reuse", "stages": (-3, -1)}, marks=pytest.mark.slow
+        ),
     ],
 )
 def test_runner_matches_patched_model_per_frame(name, config):
@@ -296,6 +300,7 @@ class MMActionClassifier(nn.Module):
         return self.fc(self.backbone(x).mean((2, 3)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("depth", "channels"), [(18, 512), (50, 2048)])
 def test_mmaction2_resnet_blocks_stream_exactly(depth, channels):
     pytest.importorskip("mmaction")

@@ -52,6 +52,7 @@ def test_patched_model_saves_and_loads_strictly(resnet18):
     assert torch.equal(resnet18(x), other(x))
 
 
+@pytest.mark.slow
 def test_deepcopy_pickle_and_trace_after_a_training_step(resnet18):
     af.patch_model(resnet18, num_segments=2)
     x = torch.randn(4, 3, 64, 64)
@@ -335,6 +336,7 @@ def test_corrupt_adapter_files_are_named_and_leave_the_model_unpatched(resnet18,
     assert not af.is_patched(fresh)  # no half-loaded random policy left behind
 
 
+@pytest.mark.slow
 def test_blocks_left_alone_are_reported_and_strict_refuses_them():
     """mobilenetv4: 1 of 22 blocks has an adapter; the 21 others are named, not hidden."""
     import warnings

@@ -407,6 +407,7 @@ def test_generate_dataset_rejects_bad_input(tmp_path: Path, kwargs: dict, messag
     assert not (tmp_path / "ds").exists()
 
 
+@pytest.mark.slow
 def test_module_imports_without_opencv() -> None:
     code = "import sys, adafuse_plugin.demo.videos; assert 'cv2' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -84,7 +84,7 @@ class DemoSettings:
     policy_lr_mult: float = 10.0  # the policy nets' lr, as a multiple of the model's
 
 
-QUICK = dict(size="tiny", epochs=2, adapt_epochs=1)
+QUICK: dict[str, Any] = dict(size="tiny", epochs=2, adapt_epochs=1)
 
 
 def config_dir() -> Path:
@@ -422,7 +422,7 @@ def run_demo(
 
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)  # 2 cores: more threads fight the data pipeline
-    results = []
+    results: list[dict] = []
     try:
         with tqdm(total=steps, desc="adafuse demo", unit="it") as bar:
             for variant in VARIANTS:

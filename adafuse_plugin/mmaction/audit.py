@@ -103,7 +103,7 @@ def audit_config(
             )
         segments = getattr(model.backbone, "num_segments", None) or _pipeline_frames(cfg)
         shape = (segments, 3, 224, 224)
-        dense = dense_backbone_flops(model.backbone, shape)
+        dense = dense_backbone_flops(model.get_submodule("backbone"), shape)
         params = parameter_counts(model)
         return {"model": type(model).__name__, "frames": segments, "dense": dense, "params": params}
     report: FlopsReport = model.flops_report()

@@ -254,7 +254,7 @@ def fix_mmengine_metafile_config_list() -> None:
     for module_name in ("mmengine.config.utils", "mmengine.hub.hub"):
         module = importlib.import_module(module_name)
         if getattr(module, "_get_cfg_metainfo", None) is original:
-            module._get_cfg_metainfo = replacement
+            module._get_cfg_metainfo = replacement  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------------------
@@ -535,7 +535,7 @@ def _make_tsm_init_weights(cls: type, original: Callable) -> Callable:
                 "%s: pretrained2d=True but no pretrained checkpoint; initialising from scratch",
                 cls.__name__,
             )
-            super(cls, self).init_weights()
+            super(cls, self).init_weights()  # type: ignore[arg-type]
             return
         original(self)
 

@@ -135,7 +135,7 @@ def detect_variant(state: Mapping[str, torch.Tensor], filename: str = "") -> Var
 
 def model_variant(model: nn.Module) -> Variant | None:
     """The released architecture an `AdaFuseRecognizer2D` has, or None."""
-    gated = [name for name, _ in iter_gates(model.backbone)]
+    gated = [name for name, _ in iter_gates(model.get_submodule("backbone"))]
     shifted = getattr(model.backbone, "is_shift", False)
     wiring = getattr(model, "settings", {}).get("tsm_wiring")
     if gated and all(name.startswith("layer4.") for name in gated):
@@ -217,7 +217,7 @@ def _check_shared(
     """Blocks whose policy Linear layers the model shares must hold equal values, and the
     checkpoint's extra shared copies must equal them: nothing is silently dropped."""
     groups: dict[int, list[str]] = {}
-    for name, gate in iter_gates(model.backbone):
+    for name, gate in iter_gates(model.get_submodule("backbone")):
         if gate.policy_net is not None:
             groups.setdefault(id(gate.policy_net.fc1), []).append(name)
     for names in groups.values():
@@ -237,10 +237,13 @@ def _check_shared(
             shape = f"{state[key].shape[1]}_{state[block + '.gate_fc1.weight'].shape[0]}"
             first_of_shape.setdefault(shape, block)
     for source in shared_copies:
-        layer, shape, field = _SHARED_COPY.match(source.removeprefix("base_model.")).groups()
-        block = first_of_shape.get(shape)
-        if block is None or not torch.equal(
-            state[f"{block}.gate_fc{layer}.{field}"], state[source]
+        match = _SHARED_COPY.match(source.removeprefix("base_model."))
+        if match is None:  # shared_copies holds only keys this pattern selected
+            raise AdaFuseCheckpointError(f"{source!r} is not a shared policy copy")
+        layer, shape, field = match.groups()
+        found = first_of_shape.get(shape)
+        if found is None or not torch.equal(
+            state[f"{found}.gate_fc{layer}.{field}"], state[source]
         ):
             raise AdaFuseCheckpointError(
                 f"{source}: a shared policy layer that no block uses with equal values; "

@@ -83,7 +83,7 @@ class AdaFuseHook(Hook):
 
     def temperature(self, iteration: int, max_iters: int) -> float:
         """The temperature at ``iteration`` of ``max_iters``."""
-        if self.schedule == "constant":
+        if self.schedule == "constant" or self.tau_end is None:  # __init__ requires tau_end
             return self.tau
         progress = min(1.0, iteration / max(1, max_iters - 1))
         if self.schedule == "linear":

@@ -89,7 +89,7 @@ def entry(config: Path) -> dict[str, Any]:
     model = build_model(cfg)
     frames = _frames(cfg)
     size = (cfg.model.get("adafuse") or {}).get("input_size", 224)
-    dense = dense_backbone_flops(model.backbone, (frames, 3, size, size))
+    dense = dense_backbone_flops(model.get_submodule("backbone"), (frames, 3, size, size))
     params = parameter_counts(model)
     backbone = cfg.model.backbone
     architecture = backbone["type"].removeprefix("timm.") + str(backbone.get("depth", ""))

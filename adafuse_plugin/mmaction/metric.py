@@ -76,15 +76,17 @@ class AdaFuseMetric(AccMetric):
                     total[field] += value
             counts.clips += result[COUNTS_FIELD].clips
         report = report_from_counts(results[0][REPORT_FIELD], counts)
+        adaptive, upb, mix = report.adaptive, report.adaptive_upb, report.mix
+        assert adaptive is not None and upb is not None and mix is not None  # counts are in
         views = counts.clips / len(results)  # test views per video (clips of T frames)
         metrics.update(
             gflops_dense=report.dense / 1e9,
-            gflops_real=report.adaptive / 1e9,
-            gflops_upb=report.adaptive_upb / 1e9,
+            gflops_real=adaptive / 1e9,
+            gflops_upb=upb / 1e9,
             views=views,
             gflops_dense_video=views * report.dense / 1e9,
-            gflops_real_video=views * report.adaptive / 1e9,
-            **report.mix,
+            gflops_real_video=views * adaptive / 1e9,
+            **mix,
         )
         if self.per_block:
             for block in report.blocks:

@@ -168,7 +168,8 @@ class AdaFuseRecognizer2D(Recognizer2D):
     @property
     def flops_loss(self) -> AdaFuseFlopsLoss:
         """The FLOPs loss, built on first use (its dense FLOPs count traces the backbone)."""
-        if self._flops_loss is None:
+        loss = self._flops_loss
+        if loss is None:
             s = self.settings
             loss = AdaFuseFlopsLoss(
                 self.backbone,
@@ -180,7 +181,7 @@ class AdaFuseRecognizer2D(Recognizer2D):
             )
             # Kept out of the module tree: it has no parameters or state to save.
             self.__dict__["_flops_loss"] = loss
-        return self._flops_loss
+        return loss
 
     def flops_report(self) -> FlopsReport:
         """Dense per-block FLOPs of one clip (no decisions), computed once."""

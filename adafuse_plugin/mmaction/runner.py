@@ -56,8 +56,8 @@ def _plain_value(node: ast.expr, path: Path) -> Any:
         and all(kw.arg is not None for kw in node.keywords)
     ):
         # mmengine dumps keys that are no identifiers as dict({'.key.': ...}).
-        items = dict(_plain_value(node.args[0], path)) if node.args else {}
-        return items | {kw.arg: _plain_value(kw.value, path) for kw in node.keywords}
+        entries = dict(_plain_value(node.args[0], path)) if node.args else {}
+        return entries | {kw.arg: _plain_value(kw.value, path) for kw in node.keywords}
     raise AdaFuseConfigError(
         f"{path}:{node.lineno}: {ast.unparse(node)[:80]!r} is not a plain value; a config "
         "dump holds only literals and dict(...), so this file was edited or is not one. "

@@ -26,13 +26,14 @@ class FrameClassifier(nn.Module):
 
     def __init__(self, recognizer: nn.Module) -> None:
         super().__init__()
-        head = recognizer.cls_head
+        head: Any = recognizer.cls_head
         if type(head).__name__ != "TSNHead" or getattr(head, "spatial_type", "avg") != "avg":
             raise AdaFuseConfigError(
                 f"only TSNHead with spatial_type='avg' can be streamed per frame, got "
                 f"{type(head).__name__}; TSM heads and backbones read future frames"
             )
-        self.backbone, self.fc = recognizer.backbone, head.fc_cls
+        self.backbone: nn.Module = recognizer.get_submodule("backbone")
+        self.fc: nn.Module = head.fc_cls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.backbone(x).mean((2, 3)))

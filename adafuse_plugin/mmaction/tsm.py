@@ -25,7 +25,7 @@ TsmWiring = Literal["mmaction2", "authors"]
 TSM_WIRINGS: tuple[str, ...] = ("mmaction2", "authors")
 
 
-def check_authors_wiring(backbone: nn.Module) -> int:
+def check_authors_wiring(backbone: Any) -> int:
     """The backbone's ``shift_div`` if it can take the authors' wiring, else an error."""
     blocks = [m for m in backbone.modules() if hasattr(m, "conv1") and hasattr(m, "conv2")]
     shifted = [type(getattr(b.conv1, "conv", None)).__name__ == "TemporalShift" for b in blocks]
@@ -47,12 +47,12 @@ class _ShiftInput:
         self.num_segments = num_segments
         self.shift_div = shift_div
 
-    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    def __call__(self, module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x: torch.Tensor = args[0]
         return (temporal_shift(x, self.num_segments, self.shift_div), *args[1:])
 
 
-def wire_downsample_to_shifted_input(backbone: nn.Module) -> int:
+def wire_downsample_to_shifted_input(backbone: Any) -> int:
     """Make every residual block's downsample shortcut read the shifted block input.
 
     Returns the number of shortcuts wired. Hooks keep every parameter name.

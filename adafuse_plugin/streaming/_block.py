@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,12 @@ class _FoldedPolicy:
 
     def __init__(self, net: PolicyNet) -> None:
         norm = net.norm
-        scale = torch.rsqrt(norm.running_var + norm.eps) * norm.weight
+        mean, var = norm.running_mean, norm.running_var
+        if mean is None or var is None:
+            raise AdaFuseStreamingError("a policy BatchNorm1d without running statistics")
+        scale = torch.rsqrt(var + norm.eps) * norm.weight
         self.w1 = (net.fc1.weight * scale[:, None]).detach().contiguous()
-        self.b1 = ((net.fc1.bias - norm.running_mean) * scale + norm.bias).detach()
+        self.b1 = ((net.fc1.bias - mean) * scale + norm.bias).detach()
         self.w2, self.b2 = net.fc2.weight.detach(), net.fc2.bias.detach()
 
     def __call__(self, pooled_prev: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -36,7 +40,7 @@ class _FoldedPolicy:
         return F.linear(hidden, self.w2, self.b2)
 
 
-def _is_conv_norm_module(module: nn.Module) -> bool:
+def _is_conv_norm_module(module: Any) -> bool:
     """An mmcv ``ConvModule`` that is exactly conv then norm."""
     return (
         tuple(getattr(module, "order", ())) == ("conv", "norm", "act")
@@ -45,7 +49,7 @@ def _is_conv_norm_module(module: nn.Module) -> bool:
     )
 
 
-def _shortcut(downsample: nn.Module | None, backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _shortcut(downsample: Any, backend: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The shortcut path; a trailing (Conv2d, BatchNorm2d) pair is folded and prepacked."""
     if downsample is None or isinstance(downsample, nn.Identity):
         return lambda x: x
@@ -118,7 +122,7 @@ class _StreamingBlock(nn.Module):
         self.first_act = _activation(plan.first_act)
         self.first = _GroupedConv(first, granularity, outputs=True, tuning=tuning)
         self.second_act = _activation(plan.second_act)
-        self.depthwise = second.groups > 1
+        self.second: _GroupedConv | _DepthwiseGroupedConv
         if second.groups == 1:
             self.second = _GroupedConv(second, granularity, outputs=False, tuning=tuning)
         elif second.groups == second.out_channels == self.channels:
@@ -181,9 +185,11 @@ class _StreamingBlock(nn.Module):
             else:
                 in_cache = state.held_mask[reuse]
                 cached, late = reuse[in_cache], reuse[~in_cache]
-                if len(cached):
+                if len(cached):  # held groups: frame t-1's first-stage output has them
+                    assert state.y is not None and state.held is not None
                     parts.append(_Part(state.y, state.held, cached))
-                if len(late):
+                if len(late):  # after frame 0 the state holds frame t-1's input
+                    assert state.input is not None
                     y_late, held_late, executed = self.first.outputs_for(
                         state.input, late, self.first_act
                     )
@@ -224,12 +230,13 @@ class _StreamingBlock(nn.Module):
         if out_shape is None:
             out_shape = self.second_conv.output_shape(self._first_shape(x))
             self._second_shapes[x.shape] = out_shape
-        if self.third is None and fuse_add:
-            return self.second.inputs_for(parts, out_shape, self.out_act, shortcut)
-        if self.depthwise:
-            z, executed = self.second.inputs_for(parts, out_shape)
+        second = self.second
+        if isinstance(second, _DepthwiseGroupedConv):
+            z, executed = second.inputs_for(parts, out_shape)
+        elif self.third is None and fuse_add:
+            return second.inputs_for(parts, out_shape, self.out_act, shortcut)
         else:
-            z, executed = self.second.inputs_for(parts, out_shape, self.second_act, None)
+            z, executed = second.inputs_for(parts, out_shape, self.second_act, None)
         if self.third is not None:
             for module in self.mid:
                 z = module(z)
@@ -275,7 +282,7 @@ _STEM_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def _folded_conv_module(module: nn.Module, backend: str) -> _PackedConv2d | None:
+def _folded_conv_module(module: Any, backend: str) -> _PackedConv2d | None:
     """An mmcv ``ConvModule`` (conv-norm-act order, plain conv, BatchNorm2d or no norm,
     parameter-free activation) as one folded, prepacked conv; None for anything else."""
     if tuple(getattr(module, "order", ())) != ("conv", "norm", "act"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ class _Act:
 _IDENTITY = _Act()
 
 
-def _activation(module: nn.Module | None) -> _Act:
+def _activation(module: Any) -> _Act:
     """The `_Act` of an activation module; parametrised ones (PReLU) cannot be sliced."""
     if module is None or isinstance(module, nn.Identity):
         return _IDENTITY
@@ -55,7 +56,7 @@ def _activation(module: nn.Module | None) -> _Act:
 _PLAIN_CONV_SUBCLASSES = frozenset({"mmcv.cnn.bricks.wrappers.Conv2d"})
 
 
-def _plain_conv(conv: nn.Module) -> bool:
+def _plain_conv(conv: Any) -> bool:
     """An nn.Conv2d (or a subclass known to compute the same) with static zero padding."""
     return (
         (type(conv) is nn.Conv2d or qualified_name(type(conv)) in _PLAIN_CONV_SUBCLASSES)
@@ -64,7 +65,7 @@ def _plain_conv(conv: nn.Module) -> bool:
     )
 
 
-def _fold(conv: nn.Module, norm: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _fold(conv: Any, norm: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight and bias of conv followed by an eval-mode BatchNorm, as one conv."""
     if not _plain_conv(conv):
         raise AdaFuseStreamingError(
@@ -75,7 +76,11 @@ def _fold(conv: nn.Module, norm: nn.Module | None) -> tuple[torch.Tensor, torch.
     bias = conv.bias.detach() if conv.bias is not None else weight.new_zeros(weight.shape[0])
     if norm is None:
         return weight.contiguous(), bias.contiguous()
-    if not isinstance(norm, nn.BatchNorm2d) or norm.running_var is None:
+    if (
+        not isinstance(norm, nn.BatchNorm2d)
+        or norm.running_var is None
+        or norm.running_mean is None
+    ):
         raise AdaFuseStreamingError(
             f"only BatchNorm2d with running statistics can be folded, got {type(norm).__name__}"
         )
@@ -113,7 +118,7 @@ class _Conv:
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}
 
     @classmethod
-    def fold(cls, conv: nn.Conv2d, norm: nn.Module | None, backend: str) -> _Conv:
+    def fold(cls, conv: Any, norm: Any, backend: str) -> _Conv:
         weight, bias = _fold(conv, norm)
         return cls(weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, backend)
 
@@ -141,7 +146,7 @@ class _Conv:
         """This conv restricted to some input channels (bias kept whole)."""
         return self._like(self.weight[:, channels], self.bias, 1)
 
-    def output_shape(self, shape: torch.Size) -> tuple[int, int, int, int]:
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int, int]:
         size = [
             (n + 2 * p - d * (k - 1) - 1) // s + 1
             for n, p, d, k, s in zip(

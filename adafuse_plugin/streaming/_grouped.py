@@ -137,6 +137,7 @@ class _GroupedConv:
         start = time.perf_counter()
         mode, conv = self._plan(order)
         if mode in (_PACKED, _PACK_NOW):
+            assert conv is not None  # _plan returns the conv of these modes
             y, held = conv(x, act), order
         elif mode == _PER_GROUP:
             convs = self._per_group(x)
@@ -192,6 +193,7 @@ class _GroupedConv:
         elif mode == _PER_GROUP:
             out, executed = self._per_group_inputs(parts, act, add), len(order) * self.size
         else:
+            assert conv is not None  # _plan returns the conv of the packed modes
             taken = [p.take(self.size) for p in parts]
             x = taken[0] if len(taken) == 1 else torch.cat(taken, dim=1)
             out, executed = conv(x, act, add), len(order) * self.size
@@ -202,9 +204,9 @@ class _GroupedConv:
         self, parts: list[_Part], act: _Act, add: torch.Tensor | None
     ) -> torch.Tensor:
         """act(sum over groups of conv_j(x_j) + add), accumulated in place."""
-        calls = [(j, x) for p in parts for j, x in p.groups(self.size)]
-        convs = self._per_group(calls[0][1])
-        calls = [(convs[j], x) for j, x in calls]
+        groups = [(j, x) for p in parts for j, x in p.groups(self.size)]
+        convs = self._per_group(groups[0][1])
+        calls = [(convs[j], x) for j, x in groups]
         group_conv, x = calls[0]
         if len(calls) == 1:
             return group_conv(x, act, add)

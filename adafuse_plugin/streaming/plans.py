@@ -9,6 +9,7 @@ classes are below; a plan refuses, by name, a block it cannot run exactly.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from torch import nn
 
@@ -42,7 +43,7 @@ class StreamingPlan:
     out_act: nn.Module | None = None
 
 
-def _norm_act(norm: nn.Module) -> nn.Module | None:
+def _norm_act(norm: Any) -> nn.Module | None:
     """The activation inside a timm BatchNormAct2d (None for a plain BatchNorm)."""
     return getattr(norm, "act", None)
 
@@ -51,7 +52,7 @@ def _present(*modules: nn.Module | None) -> tuple[nn.Module, ...]:
     return tuple(m for m in modules if m is not None and not isinstance(m, nn.Identity))
 
 
-def _no_module(block: nn.Module, attr: str) -> None:
+def _no_module(block: Any, attr: str) -> None:
     module = getattr(block, attr, None)
     if module is not None and not isinstance(module, nn.Identity):
         raise AdaFuseStreamingError(
@@ -60,7 +61,7 @@ def _no_module(block: nn.Module, attr: str) -> None:
         )
 
 
-def _plain_norms(block: nn.Module, *names: str) -> None:
+def _plain_norms(block: Any, *names: str) -> None:
     """ResNet plans fold these norms as plain BatchNorm: refuse norms with an activation."""
     for name in names:
         norm = getattr(block, name)
@@ -71,7 +72,7 @@ def _plain_norms(block: nn.Module, *names: str) -> None:
             )
 
 
-def timm_basic(block: nn.Module) -> StreamingPlan:
+def timm_basic(block: Any) -> StreamingPlan:
     _no_module(block, "aa")
     _plain_norms(block, "bn1", "bn2")
     return StreamingPlan(
@@ -86,7 +87,7 @@ def timm_basic(block: nn.Module) -> StreamingPlan:
     )
 
 
-def timm_bottleneck(block: nn.Module) -> StreamingPlan:
+def timm_bottleneck(block: Any) -> StreamingPlan:
     _plain_norms(block, "bn1", "bn2", "bn3")
     return StreamingPlan(
         block.conv1,
@@ -104,7 +105,7 @@ def timm_bottleneck(block: nn.Module) -> StreamingPlan:
     )
 
 
-def torchvision_basic(block: nn.Module) -> StreamingPlan:
+def torchvision_basic(block: Any) -> StreamingPlan:
     _plain_norms(block, "bn1", "bn2")
     return StreamingPlan(
         block.conv1,
@@ -117,7 +118,7 @@ def torchvision_basic(block: nn.Module) -> StreamingPlan:
     )
 
 
-def torchvision_bottleneck(block: nn.Module) -> StreamingPlan:
+def torchvision_bottleneck(block: Any) -> StreamingPlan:
     _plain_norms(block, "bn1", "bn2", "bn3")
     return StreamingPlan(
         block.conv1,
@@ -133,7 +134,7 @@ def torchvision_bottleneck(block: nn.Module) -> StreamingPlan:
     )
 
 
-def timm_inverted_residual(block: nn.Module) -> StreamingPlan:
+def timm_inverted_residual(block: Any) -> StreamingPlan:
     _no_module(block, "conv_s2d")
     return StreamingPlan(
         block.conv_pw,
@@ -150,9 +151,7 @@ def timm_inverted_residual(block: nn.Module) -> StreamingPlan:
     )
 
 
-def _conv_module(
-    block: nn.Module, name: str
-) -> tuple[nn.Conv2d, nn.Module | None, nn.Module | None]:
+def _conv_module(block: Any, name: str) -> tuple[nn.Conv2d, nn.Module | None, nn.Module | None]:
     """(conv, norm, activation) of an mmcv ``ConvModule`` in the default conv-norm-act order."""
     module = getattr(block, name)
     conv = module.conv
@@ -176,12 +175,12 @@ def _conv_module(
     return conv, norm, module.activate if module.with_activation else None
 
 
-def mmaction_basic(block: nn.Module) -> StreamingPlan:
+def mmaction_basic(block: Any) -> StreamingPlan:
     first, second = _conv_module(block, "conv1"), _conv_module(block, "conv2")
     return StreamingPlan(*first, *second, downsample=block.downsample, out_act=block.relu)
 
 
-def mmaction_bottleneck(block: nn.Module) -> StreamingPlan:
+def mmaction_bottleneck(block: Any) -> StreamingPlan:
     first, second = _conv_module(block, "conv1"), _conv_module(block, "conv2")
     third, third_norm, third_act = _conv_module(block, "conv3")
     return StreamingPlan(

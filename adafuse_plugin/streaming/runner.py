@@ -304,8 +304,9 @@ class StreamingRunner:
             flops += first_flops + second_flops
             first, second = block.state.eq5_channels
             eq5 += (table.first[name] * first + table.second[name] * second) / block.channels
-            if self.record_decisions:
-                self._history[name].append(block.state.actions.astype(np.int8))
+            actions = block.state.actions
+            if self.record_decisions and actions is not None:
+                self._history[name].append(actions.astype(np.int8))
         counters.frames += 1
         counters.total += flops
         counters.eq5 += eq5
@@ -349,5 +350,7 @@ class StreamingRunner:
     def flops_report(self) -> FlopsReport:
         """`audit_flops` of the frames streamed since reset, from the recorded decisions."""
         decisions = self.decisions()
+        if self._frame_shape is None:
+            raise AdaFuseStreamingError("no frame was streamed since the last reset")
         shape = (self.frames_seen, *self._frame_shape)
         return audit_flops(self._reference, input_shape=shape, decisions=decisions, progress=False)

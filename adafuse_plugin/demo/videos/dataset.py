@@ -46,7 +46,7 @@ def _write_video(path: Path, frames: np.ndarray) -> None:
     import cv2
 
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), FPS, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write mp4v video {path}")
     try:

@@ -172,6 +172,11 @@ class DatasetInfo:
 # --------------------------------------------------------------------------------------------
 
 
+def _pair(values: np.ndarray) -> tuple[float, float]:
+    """Two drawn numbers as a pair of Python floats."""
+    return float(values[0]), float(values[1])
+
+
 def _check_label(label: int, family: str = "motion") -> None:
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
@@ -315,8 +320,7 @@ def _sample_distractor(rng: np.random.Generator) -> Sprite:
     opacity = rng.uniform(0.7, 1.0, 2)
     start = Pose(float(x[0]), float(y[0]), float(scale[0]), float(a0), float(opacity[0]))
     end = Pose(float(x[1]), float(y[1]), float(scale[1]), float(a1), float(opacity[1]))
-    wobble = tuple(float(w) for w in rng.uniform(-0.15, 0.15, 2))
-    return Sprite(**look, start=start, end=end, wobble=wobble)
+    return Sprite(**look, start=start, end=end, wobble=_pair(rng.uniform(-0.15, 0.15, 2)))
 
 
 def _check_phase(phase: str) -> None:
@@ -358,7 +362,7 @@ def sample_spec(
         behind=tuple(d for d, f in zip(distractors, in_front, strict=True) if not f),
         front=tuple(d for d, f in zip(distractors, in_front, strict=True) if f),
         background_seed=int(rng.integers(2**31)),
-        lighting=tuple(float(g) for g in rng.uniform(0.85, 1.15, 2)),
+        lighting=_pair(rng.uniform(0.85, 1.15, 2)),
         noise_std=float(rng.uniform(2.0, 8.0) / 255.0),
         frame_seeds=tuple(int(s) for s in rng.integers(2**31, size=num_frames)),
         pan=(pan_start, pan_start + pan_change),
