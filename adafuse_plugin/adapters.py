@@ -129,7 +129,8 @@ def register_block_adapter(
         block_class: the class, or its fully qualified name (``pkg.module.Class``).
         streaming: builds a block's `StreamingPlan` (its convs, norms and activations);
             without one the class is patched and audited, but not streamed.
-        overwrite: replace an existing adapter for the same class instead of failing.
+        overwrite: replace an existing adapter for the same class instead of failing (the
+            whole adapter: pass ``streaming`` again to keep the class streamable).
     """
     if adapter is None:
         if first_stage is None or first_conv is None or second_conv is None:

@@ -153,9 +153,10 @@ class BlockFlops:
         return self.second_conv * (1.0 - self.skip)
 
     def _saved(self, mode: FlopsMode) -> float:
-        if self.skip is None or self.first_conv_saved is None:
+        if self.skip is None:
             return 0.0
-        needed = (1.0 - self.first_conv_saved, 1.0 - self.skip)
+        first_saved = self.first_conv_saved or 0.0  # only "real" counts it
+        needed = (1.0 - first_saved, 1.0 - self.skip)
         adaptive = eq5.block_flops(*needed, self.first_conv, self.second_conv, mode)
         return self.first_conv + self.second_conv - adaptive
 

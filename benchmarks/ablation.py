@@ -201,6 +201,7 @@ def main() -> None:
     if args.epochs:
         settings = dataclasses.replace(settings, epochs=args.epochs)
     data_root = prepare_data(args.out, settings)
+    (args.out / "runs.jsonl").unlink(missing_ok=True)  # this run's log only
 
     results = run_phase(LEARNED, args.seeds, settings, data_root, args.out, args.workers)
 

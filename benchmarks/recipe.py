@@ -52,6 +52,7 @@ PRETRAINING = (
     "data",
     "phase",
     "family",
+    "schedule",
 )
 
 
@@ -126,7 +127,10 @@ def mix_per_epoch(results: list[dict], model: str) -> dict[str, list[float]]:
     runs' mmengine scalars (``vis_data/scalars.json``)."""
     per_seed = []
     for r in (r for r in results if r["model"] == model):
-        scalars = next(Path(r["checkpoint"]).parent.glob("*/vis_data/scalars.json"))
+        found = sorted(Path(r["checkpoint"]).parent.glob("*/vis_data/scalars.json"))
+        if not found:  # the work dir is gone (results copied from another machine)
+            continue
+        scalars = found[-1]  # the latest run in that work dir
         epochs: dict[int, dict[str, list[float]]] = {}
         for line in scalars.read_text().splitlines():
             entry = json.loads(line)
@@ -137,8 +141,9 @@ def mix_per_epoch(results: list[dict], model: str) -> dict[str, list[float]]:
         per_seed.append(
             [{a: statistics.mean(v[a]) for a in ACTIONS} for _, v in sorted(epochs.items())]
         )
+    epochs = min((len(seed) for seed in per_seed), default=0)
     return {
-        a: [statistics.mean(seed[e][a] for seed in per_seed) for e in range(len(per_seed[0]))]
+        a: [statistics.mean(seed[e][a] for seed in per_seed) for e in range(epochs)]
         for a in ACTIONS
     }
 
@@ -268,7 +273,8 @@ def grid_report(out: Path) -> str:
             if (swept["family"], swept["frame_size"], swept["size"]) == point:
                 for line in (sweep / "runs.jsonl").read_text().splitlines():
                     r = json.loads(line)
-                    if r["model"] in ("TSN", "TSM") and r["seed"] != 0:
+                    seeds = {run["seed"] for run in runs[point].get(r["model"], [])}
+                    if r["model"] in ("TSN", "TSM") and r["seed"] not in seeds:
                         runs[point][r["model"]].append(r)
 
     def cell(values: list[float]) -> str:
@@ -380,17 +386,24 @@ def main() -> None:
         print(grid_report(args.out))
         return print(f"written: {args.out / 'pretraining_grid.png'}")
     if args.report_only:
+        # The run's own settings and arguments, not today's command line.
+        for name, value in json.loads((args.out / "arguments.json").read_text()).items():
+            setattr(args, name, value)
         saved = args.out / "recipe.json"
         if saved.is_file():
             data = json.loads(saved.read_text())
             return report(data["results"], DemoSettings(**data["settings"]), args)
-        # A sweep cut short: the runs it finished, with the settings it ran with.
+        # A sweep cut short: the runs it finished.
         lines = (args.out / "runs.jsonl").read_text().splitlines()
         ran = DemoSettings(**json.loads((args.out / "settings.json").read_text()))
         return report([json.loads(line) for line in lines], ran, args)
+    args.out.mkdir(parents=True, exist_ok=True)
     data_root = prepare_data(args.out, settings)
-    # Before any run: a sweep cut short is reported with the settings it ran with.
+    # Before any run: what a sweep cut short is reported with, and a fresh run log.
     (args.out / "settings.json").write_text(json.dumps(dataclasses.asdict(settings)) + "\n")
+    arguments = {k: getattr(args, k) for k in ("seeds", "lambdas", "pretrain_only")}
+    (args.out / "arguments.json").write_text(json.dumps(arguments) + "\n")
+    (args.out / "runs.jsonl").unlink(missing_ok=True)
 
     def phase(variants, trained=(), seeds=args.seeds):
         return run_phase(variants, seeds, settings, data_root, args.out, args.workers, trained)
@@ -407,6 +420,8 @@ def main() -> None:
     have = {(r["model"], r["seed"]) for r in results}
     missing = [s for s in args.seeds if any((v.name, s) not in have for v in PRETRAINED)]
     results = [r for r in results if r["seed"] not in missing]
+    with open(args.out / "runs.jsonl", "a") as log:  # reused runs belong to this sweep too
+        log.writelines(json.dumps(r) + "\n" for r in results)
     if missing:
         results += phase(PRETRAINED, seeds=missing)
     if args.pretrain_only:
@@ -443,8 +458,8 @@ def report(results: list[dict], settings: DemoSettings, args: argparse.Namespace
     adafuse_runs = [r for r in results if r["seed"] == seed and r["policy"] != "keep"]
     if adafuse_runs:
         plot_block_policies(adafuse_runs, args.out / "recipe_blocks.png")
-    if any(r["model"] == first_name for r in results):
-        mix = mix_per_epoch(results, first_name)
+    mix = mix_per_epoch(results, first_name)
+    if mix["keep"]:  # runs of the first lambda whose logs are here
         plot_mix_per_epoch(mix, first_name, args.out / "recipe_mix_per_epoch.png")
     title = "Pretrain, then adapt (ResNet-18, generated videos)"
     sweep = [r["model"] for r in rows if r["model"].startswith("AdaFuse λ")]

@@ -53,17 +53,19 @@ best = max(zip(points, scores), key=lambda ps: statistics.mean(ps[1]))[0]
 print(*(good[0] if good else best))
 PY
     )
+    [[ -n ${FRAME:-} && -n ${SIZE:-} ]] || { say "no grid point to choose (see $OUT/grid-*.log)"; exit 1; }
     say "chosen: ${FRAME}px, $SIZE"
 fi
 
 if [[ $STAGE == sweep || $STAGE == all ]]; then
     left=$((DEADLINE - ($(date +%s) - T0)))
+    ((left > 0)) || { say "no time left for the sweep"; exit 1; }
     for family in "${FAMILIES[@]}"; do
         grid="$OUT/grid-$family-$FRAME-$SIZE"
         reuse=()
         [[ -f $grid/recipe.json ]] && reuse=(--pretrained "$grid")
         timeout "$left" python benchmarks/recipe.py --family "$family" --frame-size "$FRAME" \
-            --size "$SIZE" --seeds 0 1 2 --workers "$WORKERS" "${reuse[@]}" \
+            --size "$SIZE" --seeds 0 1 2 --workers "$WORKERS" ${reuse[@]+"${reuse[@]}"} \
             --out "$OUT/recipe-$family" >"$OUT/recipe-$family.log" 2>&1 &
     done
     wait

@@ -82,6 +82,8 @@ class DemoSettings:
     adapt_epochs: int = 10  # variants with init_from: fine-tuning epochs
     adapt_lr: float = 5e-4  # and their peak learning rate
     policy_lr_mult: float = 10.0  # the policy nets' lr, as a multiple of the model's
+    #: The lr schedule (recorded so that runs of different schedules are not mixed up).
+    schedule: Literal["warmup-cosine"] = "warmup-cosine"
 
 
 QUICK: dict[str, Any] = dict(size="tiny", epochs=2, adapt_epochs=1)

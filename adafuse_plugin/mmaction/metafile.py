@@ -195,6 +195,8 @@ def write(check: bool = False) -> list[Path]:
     files."""
     import yaml
 
+    if not MODEL_ZOO.parent.is_dir():
+        raise SystemExit(f"{MODEL_ZOO.parent} does not exist: run this from a source checkout")
     configs = sorted(p for p in (_ROOT / "configs").glob("*.py"))
     index = model_index(configs)
     texts = {

@@ -79,6 +79,11 @@ def frame_transform(cfg: Any) -> Callable[[np.ndarray], torch.Tensor]:
         )
     transforms = Compose(spatial)
     preprocessor = cfg.model.data_preprocessor
+    if preprocessor.get("to_rgb") or preprocessor.get("mean") is None:
+        raise AdaFuseConfigError(
+            "frame_transform needs a data_preprocessor with mean and std and to_rgb=False "
+            "(the pipeline decodes RGB, as decord does)"
+        )
     mean = torch.tensor(preprocessor.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(preprocessor.std, dtype=torch.float32).view(3, 1, 1)
 

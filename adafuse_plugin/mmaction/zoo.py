@@ -51,7 +51,8 @@ def to_adafuse(cfg: Any, **adafuse: Any) -> Any:
     cfg.model.type = "AdaFuseRecognizer2D"
     cfg.model.adafuse = adafuse
     imports = dict(cfg.get("custom_imports") or {"imports": []})
-    names = list(imports.get("imports") or [])
+    given = imports.get("imports") or []
+    names = [given] if isinstance(given, str) else list(given)
     if PLUGIN_IMPORT not in names:
         names.append(PLUGIN_IMPORT)
     cfg.custom_imports = dict(imports, imports=names, allow_failed_imports=False)

@@ -73,6 +73,7 @@ def _plain_norms(block: Any, *names: str) -> None:
 
 
 def timm_basic(block: Any) -> StreamingPlan:
+    """timm's ResNet ``BasicBlock`` (SE / ECA attention after the second conv)."""
     _no_module(block, "aa")
     _plain_norms(block, "bn1", "bn2")
     return StreamingPlan(
@@ -88,6 +89,7 @@ def timm_basic(block: Any) -> StreamingPlan:
 
 
 def timm_bottleneck(block: Any) -> StreamingPlan:
+    """timm's ResNet ``Bottleneck`` (anti-aliasing between the convs, attention after)."""
     _plain_norms(block, "bn1", "bn2", "bn3")
     return StreamingPlan(
         block.conv1,
@@ -106,6 +108,7 @@ def timm_bottleneck(block: Any) -> StreamingPlan:
 
 
 def torchvision_basic(block: Any) -> StreamingPlan:
+    """torchvision's ResNet ``BasicBlock`` (one ReLU module, reused)."""
     _plain_norms(block, "bn1", "bn2")
     return StreamingPlan(
         block.conv1,
@@ -119,6 +122,7 @@ def torchvision_basic(block: Any) -> StreamingPlan:
 
 
 def torchvision_bottleneck(block: Any) -> StreamingPlan:
+    """torchvision's ResNet ``Bottleneck``."""
     _plain_norms(block, "bn1", "bn2", "bn3")
     return StreamingPlan(
         block.conv1,
@@ -135,6 +139,7 @@ def torchvision_bottleneck(block: Any) -> StreamingPlan:
 
 
 def timm_inverted_residual(block: Any) -> StreamingPlan:
+    """timm's ``InvertedResidual`` (EfficientNet, MobileNetV2/V3): pw, dw, pwl."""
     _no_module(block, "conv_s2d")
     return StreamingPlan(
         block.conv_pw,
@@ -176,11 +181,13 @@ def _conv_module(block: Any, name: str) -> tuple[nn.Conv2d, nn.Module | None, nn
 
 
 def mmaction_basic(block: Any) -> StreamingPlan:
+    """mmaction2's ResNet ``BasicBlock`` (mmcv ConvModules; TSN-style, no shift)."""
     first, second = _conv_module(block, "conv1"), _conv_module(block, "conv2")
     return StreamingPlan(*first, *second, downsample=block.downsample, out_act=block.relu)
 
 
 def mmaction_bottleneck(block: Any) -> StreamingPlan:
+    """mmaction2's ResNet ``Bottleneck``."""
     first, second = _conv_module(block, "conv1"), _conv_module(block, "conv2")
     third, third_norm, third_act = _conv_module(block, "conv3")
     return StreamingPlan(
