@@ -386,9 +386,12 @@ def main() -> None:
         print(grid_report(args.out))
         return print(f"written: {args.out / 'pretraining_grid.png'}")
     if args.report_only:
-        # The run's own settings and arguments, not today's command line.
-        for name, value in json.loads((args.out / "arguments.json").read_text()).items():
-            setattr(args, name, value)
+        # The run's own settings and arguments, not today's command line (folders written
+        # before arguments.json existed: today's).
+        arguments = args.out / "arguments.json"
+        if arguments.is_file():
+            for name, value in json.loads(arguments.read_text()).items():
+                setattr(args, name, value)
         saved = args.out / "recipe.json"
         if saved.is_file():
             data = json.loads(saved.read_text())

@@ -199,13 +199,13 @@ class _StreamingBlock(nn.Module):
         state.actions = actions
         state.channels = (first_executed, second_executed)
         # Eq. 5 as frames arrive: frame t-1 needs its first conv where kept at t-1 or reused
-        # at t (eq5.either); the kept groups were charged at t-1, the others are now.
+        # at t (eq5.either); kept groups were charged at t-1, so of the groups reused now
+        # only those not kept then are charged now (no full-width arrays on this hot path).
         first_eq5 = len(keep)
-        if state.started:
-            reused = np.zeros(self.groups, np.int64)
-            reused[reuse] = 1
-            kept_before = state.keep_mask.astype(np.int64)
-            first_eq5 += int(eq5.either(kept_before, reused).sum() - kept_before.sum())
+        if state.started and len(reuse):
+            kept_then = state.keep_mask[reuse].astype(np.int64)
+            needed = eq5.either(kept_then, np.ones_like(kept_then))
+            first_eq5 += int((needed - kept_then).sum())
         state.eq5_channels = (first_eq5 * self.size, (len(keep) + len(reuse)) * self.size)
         state.keep_mask, state.y, state.held = keep_mask, y, held
         state.held_mask = keep_mask if held is keep else np.ones(self.groups, bool)
