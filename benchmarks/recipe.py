@@ -325,6 +325,17 @@ def grid_report(out: Path) -> str:
     return "\n".join(lines)
 
 
+def finished_runs(out: Path) -> dict:
+    """{"settings", "results"} of an --out folder: its recipe.json, or for a sweep cut
+    short its settings.json and the runs in runs.jsonl."""
+    saved = out / "recipe.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    settings = json.loads((out / "settings.json").read_text())
+    return {"settings": settings, "results": [json.loads(line) for line in lines]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -348,7 +359,16 @@ def main() -> None:
         default=None,
         metavar="OUT",
         help="reuse the pretrained TSN / TSM runs (results and checkpoints) of an earlier "
-        "--out folder with the same settings; seeds it lacks are trained",
+        "--out folder with the same settings (its recipe.json, or for a sweep cut short its "
+        "runs.jsonl); seeds it lacks are trained",
+    )
+    parser.add_argument(
+        "--skip-models",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="adapted models not to run (names as in the table, e.g. 'TSN adapted' "
+        "'Random'): a shorter sweep",
     )
     parser.add_argument(
         "--pretrain-only",
@@ -368,6 +388,12 @@ def main() -> None:
         "for a sweep cut short, --out/runs.jsonl) again",
     )
     args = parser.parse_args()
+    known = {v.name for v in adapted(args.lambdas)} | {"Random", "Threshold"}
+    unknown = sorted(set(args.skip_models) - known)
+    if unknown:
+        parser.error(f"--skip-models: unknown {unknown}; known: {sorted(known)}")
+    if f"AdaFuse λ={args.lambdas[0]:g}" in args.skip_models:
+        parser.error("--skip-models: Random and Threshold are matched to the first lambda's run")
     settings = DemoSettings(
         size=args.size,
         frame_size=args.frame_size,
@@ -392,19 +418,13 @@ def main() -> None:
         if arguments.is_file():
             for name, value in json.loads(arguments.read_text()).items():
                 setattr(args, name, value)
-        saved = args.out / "recipe.json"
-        if saved.is_file():
-            data = json.loads(saved.read_text())
-            return report(data["results"], DemoSettings(**data["settings"]), args)
-        # A sweep cut short: the runs it finished.
-        lines = (args.out / "runs.jsonl").read_text().splitlines()
-        ran = DemoSettings(**json.loads((args.out / "settings.json").read_text()))
-        return report([json.loads(line) for line in lines], ran, args)
+        data = finished_runs(args.out)
+        return report(data["results"], DemoSettings(**data["settings"]), args)
     args.out.mkdir(parents=True, exist_ok=True)
     data_root = prepare_data(args.out, settings)
     # Before any run: what a sweep cut short is reported with, and a fresh run log.
     (args.out / "settings.json").write_text(json.dumps(dataclasses.asdict(settings)) + "\n")
-    arguments = {k: getattr(args, k) for k in ("seeds", "lambdas", "pretrain_only")}
+    arguments = {k: getattr(args, k) for k in ("seeds", "lambdas", "pretrain_only", "skip_models")}
     (args.out / "arguments.json").write_text(json.dumps(arguments) + "\n")
     (args.out / "runs.jsonl").unlink(missing_ok=True)
 
@@ -413,7 +433,7 @@ def main() -> None:
 
     results = []
     if args.pretrained is not None:
-        earlier = json.loads((args.pretrained / "recipe.json").read_text())
+        earlier = finished_runs(args.pretrained)
         now = dataclasses.asdict(settings)
         differ = [k for k in PRETRAINING if earlier["settings"].get(k) != now[k]]
         if differ:
@@ -429,12 +449,16 @@ def main() -> None:
         results += phase(PRETRAINED, seeds=missing)
     if args.pretrain_only:
         return report(results, settings, args)
-    results += phase(adapted(args.lambdas), results)
+    results += phase([v for v in adapted(args.lambdas) if v.name not in args.skip_models], results)
     first = f"AdaFuse λ={args.lambdas[0]:g}"
 
     def matched(seed: int) -> list[Variant]:
         adafuse = next(r for r in results if r["model"] == first and r["seed"] == seed)
-        return [dataclasses.replace(v, init_from="TSN") for v in matched_baselines(adafuse)]
+        return [
+            dataclasses.replace(v, init_from="TSN")
+            for v in matched_baselines(adafuse)
+            if v.name not in args.skip_models
+        ]
 
     results += phase(matched, results)
     report(results, settings, args)

@@ -93,6 +93,15 @@ def install_schedules(
         gate.policy_net = ScheduledPolicy(nets[name], schedule).eval()
 
 
+#: ``--paths``: which of the runner's selection paths are on (the leads, one at a time).
+PATHS: dict[str, dict[str, object]] = {
+    "oneDNN": {"gemm": False, "bucket_channels": 1},
+    "+bucket": {"gemm": False, "bucket_channels": 16},
+    "+gemm": {"gemm": True, "bucket_channels": 1},
+    "all": {"gemm": True, "bucket_channels": 16},
+}
+
+
 @dataclasses.dataclass
 class Variant:
     label: str
@@ -138,13 +147,19 @@ def build_variants(args: argparse.Namespace, name: str) -> list[Variant]:
                 dynamic = schedule == "dynamic"
                 install_schedules(patched, nets, executed, dynamic, seed=granularity)
                 for fallback in args.dense_fallback:
-                    runner = StreamingRunner(
-                        patched, cache_size=args.cache_size, dense_fallback=fallback
-                    )
-                    label = f"{schedule} {executed:.0%} g={granularity}"
-                    if len(args.dense_fallback) > 1:
-                        label += f" {fallback}"
-                    variants.append(Variant(label, runner.step, runner))
+                    for paths in args.paths:
+                        runner = StreamingRunner(
+                            patched,
+                            cache_size=args.cache_size,
+                            dense_fallback=fallback,
+                            **PATHS[paths],
+                        )
+                        label = f"{schedule} {executed:.0%} g={granularity}"
+                        if len(args.dense_fallback) > 1:
+                            label += f" {fallback}"
+                        if len(args.paths) > 1:
+                            label += f" [{paths}]"
+                        variants.append(Variant(label, runner.step, runner))
     return variants
 
 
@@ -229,7 +244,7 @@ def mode_shares(runner: StreamingRunner) -> str:
     """Share of first/second conv runs per execution mode, warm-up included."""
     counts = runner.execution_modes()
     total = sum(counts.values()) or 1
-    modes = ("packed", "per-group", "pack-now", "dense")
+    modes = ("packed", "per-group", "pack-now", "gemm", "dense")
     return " / ".join(f"{counts.get(mode, 0) / total:.0%}" for mode in modes)
 
 
@@ -242,7 +257,7 @@ def report(variants: list[Variant], name: str) -> str:
         "",
         "| variant | Eq. 5 FLOPs | executed FLOPs | ideal speedup | median ms/frame "
         "| measured speedup | measured / ideal | vs dense eager | conv runs: packed / "
-        "per-group / pack-now / dense |",
+        "per-group / pack-now / gemm / dense |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in variants:
@@ -291,6 +306,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["timed"],
         choices=("timed", "never", "always"),
         help="StreamingRunner dense_fallback (one variant each)",
+    )
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=["all"],
+        choices=tuple(PATHS),
+        help="selection paths on (one variant each): oneDNN only, + rounded-up channel "
+        "counts, + matrix products, all",
     )
     parser.add_argument(
         "--cache-size",

@@ -86,6 +86,20 @@ def test_recipe_benchmark_runs_end_to_end(tmp_path):
     assert {(r["model"], r["seed"], r["top1"]) for r in kept} >= {
         (r["model"], 0, r["top1"]) for r in report["results"] if r["model"] in ("TSN", "TSM")
     }
+    # A pretraining cut short (runs.jsonl, no recipe.json) is reused too; skipped models
+    # are not run (Random still matched to the first lambda's AdaFuse).
+    (more / "recipe.json").unlink()
+    short = tmp_path / "short"
+    skipped = ["TSN adapted", "Ada. Skip λ=0.05", "AdaFuse-TSM", "AdaFuse-TSM+Last", "Threshold"]
+    recipe(
+        "--seeds", "1", "--pretrained", str(more), "--out", str(short), "--skip-models", *skipped
+    )
+    runs = [json.loads(line) for line in (short / "runs.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in runs] == ["TSN", "TSM", "AdaFuse λ=0.05", "Random"]
+    assert (
+        runs[0]["checkpoint"]
+        == next(r for r in kept if r["model"] == "TSN" and r["seed"] == 1)["checkpoint"]
+    )
 
 
 def test_grid_report_summarises_the_recorded_runs(tmp_path):

@@ -164,6 +164,33 @@ def test_execution_strategies_are_exact(tuning):
         assert counters.total > counters.eq5
 
 
+@pytest.mark.parametrize(
+    ("mode", "granularity", "size"),
+    [
+        ("gemm", 1, 96),  # layer1 24x24: one product per tap on shifted views
+        ("gemm", 4, SIZE),  # small maps and the strided first convs: im2col
+        ("pack-now", 1, SIZE),  # counts rounded up: extra outputs held, zero inputs
+        ("pack-now", 4, SIZE),
+    ],
+)
+def test_matrix_products_and_rounded_counts_are_exact(mode, granularity, size, monkeypatch):
+    """Selections run by `_Conv.gemm`, or packed with their channel count rounded up to
+    the bucket (extra output channels then also serve the next frame's reuse), give the
+    patched model's frames; only the rounding executes more than Eq. 5."""
+    monkeypatch.setattr(_ModeTimer, "choose", _always(mode))
+    frames = 4
+    model = build("resnet18", frames, granularity=granularity)
+    clip = torch.randn(frames, 3, size, size)
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback="timed")
+    assert_matches(model, runner, clip)
+    counters, modes = runner.executed_flops, runner.execution_modes()
+    assert modes[mode] > 0, modes
+    if mode == "gemm":
+        assert counters.total == pytest.approx(counters.eq5, rel=1e-9)
+    else:
+        assert counters.total > counters.eq5
+
+
 def test_static_policy_hits_the_cache():
     """Repeating one frame keeps decisions fixed: packed selections are reused."""
     frames = 5
@@ -214,18 +241,40 @@ def test_reset_starts_a_new_video():
 
 
 def _conv_macs(runner: StreamingRunner, clip: torch.Tensor) -> float:
-    """Multiply-adds of every convolution the (eager) runner dispatches for a clip."""
+    """Multiply-adds of every convolution and matrix product the runner dispatches for a
+    clip, less those of the policy networks (two linear layers per block and frame)."""
     runner.step(clip[0])  # the first frame of a size runs the fvcore audit: not counted
     runner.reset()
     with FlopCounterMode(display=False) as counter:
         runner.run(clip)
     counts = counter.get_flop_counts()["Global"]
-    return sum(n for op, n in counts.items() if "convolution" in str(op)) / 2
+    macs = sum(n for op, n in counts.items() if "convolution" in str(op) or "mm" in str(op)) / 2
+    nets = [gate.policy_net for _, gate in af.iter_gates(runner._reference)]
+    policy = sum(
+        net.fc1.in_features * net.fc1.out_features + net.fc2.in_features * net.fc2.out_features
+        for net in nets
+        if net is not None
+    )
+    return macs - len(clip) * policy
 
 
-def test_executed_work_cross_checked_by_flop_counter():
+def _always(mode: str):
+    """A `_ModeTimer.choose` that picks ``mode`` whenever it is allowed."""
+
+    def choose(self, modes, selected):
+        assert mode in modes, modes
+        return mode
+
+    return choose
+
+
+@pytest.mark.parametrize("mode", [None, "gemm", "pack-now"])
+def test_executed_work_cross_checked_by_flop_counter(mode, monkeypatch):
     """torch's dispatch-level FlopCounterMode sees what the eager backend really runs:
-    the conv work saved against the dense runner equals the runner's own counters."""
+    the work saved against the dense runner equals the runner's own counters, whichever
+    way the selections run (the timer's choice, or forced)."""
+    if mode is not None:
+        monkeypatch.setattr(_ModeTimer, "choose", _always(mode))
     frames = 3
     clip = torch.randn(frames, 3, SIZE, SIZE)
     dense = StreamingRunner(build("resnet18", frames, policy="keep"), backend="eager")
@@ -243,6 +292,8 @@ def test_executed_work_cross_checked_by_flop_counter():
     )
     assert expected > 0
     assert saved == pytest.approx(expected, rel=1e-9)
+    if mode is not None:
+        assert sparse.execution_modes()[mode] > 0
 
 
 def test_frame_shapes_and_errors():

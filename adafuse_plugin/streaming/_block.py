@@ -79,7 +79,7 @@ class _BlockState:
     """A block's memory of the previous frame, and what the current frame executed."""
 
     keep_mask: np.ndarray  # (groups,) kept at t-1 (for Eq. 5 counting)
-    held_mask: np.ndarray  # (groups,) present in ``y`` (kept, or all after a dense conv)
+    held_mask: np.ndarray  # (groups,) present in ``y`` (kept, a rounded-up superset, or all)
     held: np.ndarray | None = None  # sorted group ids of y's channels
     y: torch.Tensor | None = None  # first-stage output of t-1 for the held groups
     input: torch.Tensor | None = None  # block input of t-1 (for late computation)
@@ -208,7 +208,11 @@ class _StreamingBlock(nn.Module):
             first_eq5 += int((needed - kept_then).sum())
         state.eq5_channels = (first_eq5 * self.size, (len(keep) + len(reuse)) * self.size)
         state.keep_mask, state.y, state.held = keep_mask, y, held
-        state.held_mask = keep_mask if held is keep else np.ones(self.groups, bool)
+        if held is keep:
+            state.held_mask = keep_mask
+        else:
+            state.held_mask = np.zeros(self.groups, bool)
+            state.held_mask[held] = True
         state.input = x if self.may_reuse else None
         state.started = True
         return out

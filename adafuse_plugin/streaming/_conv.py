@@ -1,5 +1,6 @@
-"""Convolutions with their BatchNorm folded in, prepacked for oneDNN, and the elementwise
-activations that fuse into them."""
+"""Convolutions with their BatchNorm folded in, prepacked for oneDNN, the elementwise
+activations that fuse into them, and the same convolutions as matrix products over a
+channel subset (`_Conv.gemm`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from ..errors import AdaFuseStreamingError
 from . import _onednn
 
 CHANNELS_LAST = torch.channels_last
+
+#: Output maps with more pixels than this run a stride-1 `_Conv.gemm` as one product per
+#: kernel tap on shifted views of the padded input (no copy); smaller ones copy the taps
+#: side by side (im2col) for one product with a longer inner dimension, faster there.
+_SHIFTED_MIN_PIXELS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +122,8 @@ class _Conv:
         self.groups = groups
         self.backend = backend
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}
+        self._input_major: torch.Tensor | None = None
+        self._output_major: torch.Tensor | None = None
 
     @classmethod
     def fold(cls, conv: Any, norm: Any, backend: str) -> _Conv:
@@ -142,9 +150,15 @@ class _Conv:
         groups = len(channels) if self.groups > 1 else 1
         return self._like(self.weight[channels], self.bias[channels], groups)
 
-    def select_inputs(self, channels: torch.Tensor) -> _Conv:
-        """This conv restricted to some input channels (bias kept whole)."""
-        return self._like(self.weight[:, channels], self.bias, 1)
+    def select_inputs(self, channels: torch.Tensor, zero_channels: int = 0) -> _Conv:
+        """This conv restricted to some input channels (bias kept whole), followed by
+        ``zero_channels`` inputs with zero weights (a count rounded up to a size whose
+        oneDNN primitive exists already)."""
+        weight = self.weight[:, channels]
+        if zero_channels:
+            zeros = weight.new_zeros(weight.shape[0], zero_channels, *weight.shape[2:])
+            weight = torch.cat([weight, zeros], dim=1)
+        return self._like(weight, self.bias, 1)
 
     def output_shape(self, shape: Sequence[int]) -> tuple[int, int, int, int]:
         size = [
@@ -192,3 +206,96 @@ class _Conv:
             return
         args = (self.padding, self.stride, self.dilation, self.groups)
         _onednn.conv_accumulate_(out, x, self._weight_for(x), args, relu)
+
+    # -- matrix products: a channel subset needs no oneDNN primitive or weight reorder --
+    @property
+    def gemm_supported(self) -> bool:
+        """Whether `gemm` can run this conv (dense, not dilated)."""
+        return self.groups == 1 and self.dilation == [1, 1]
+
+    def _taps_input_major(self) -> torch.Tensor:
+        """The weight as (kh * kw, C_in, C_out), laid out once: an input-channel subset
+        is a gather of contiguous rows."""
+        if self._input_major is None:
+            out_channels, in_channels, kh, kw = self.weight.shape
+            weight = self.weight.permute(2, 3, 1, 0).reshape(kh * kw, in_channels, out_channels)
+            self._input_major = weight.contiguous()
+        return self._input_major
+
+    def _rows_output_major(self) -> torch.Tensor:
+        """The weight as (C_out, kh * kw * C_in), laid out once: an output-channel subset
+        is a gather of contiguous rows."""
+        if self._output_major is None:
+            weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+            self._output_major = weight.contiguous()
+        return self._output_major
+
+    def gemm(
+        self,
+        x: torch.Tensor | Sequence[torch.Tensor],
+        act: _Act = _IDENTITY,
+        add: torch.Tensor | None = None,
+        *,
+        outputs: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """act(conv(x) + bias + add) as matrix products on channels-last data, for the
+        output channels ``outputs`` only, or with ``x`` holding only the input channels
+        ``inputs`` (``x`` may come in pieces along channels: they are copied side by side
+        into the padded input, never concatenated first); the weights of the subset are
+        gathered from a layout made once."""
+        pieces = [x] if isinstance(x, torch.Tensor) else list(x)
+        n, _, height, width = pieces[0].shape
+        channels = sum(piece.shape[1] for piece in pieces)
+        kh, kw = self.weight.shape[2:]
+        taps = kh * kw
+        if outputs is not None:
+            weight = self._rows_output_major().index_select(0, outputs).t()
+            bias = self.bias.index_select(0, outputs)
+        else:
+            layout = self._taps_input_major()
+            layout = layout if inputs is None else layout.index_select(1, inputs)
+            weight, bias = layout.view(taps * channels, -1), self.bias
+        out_h, out_w = self.output_shape(pieces[0].shape)[2:]
+        (pad_h, pad_w), (stride_h, stride_w) = self.padding, self.stride
+        if taps == 1 and pad_h == pad_w == 0 and stride_h == stride_w == 1:
+            whole = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+            rows = whole.permute(0, 2, 3, 1).reshape(-1, channels)  # NHWC: a view
+            y = torch.addmm(bias, rows, weight).view(n, out_h, out_w, -1)
+        else:
+            padded_w = width + 2 * pad_w
+            # One spare row: the shifted views of the last taps run past the last row.
+            grid = pieces[0].new_zeros(n, height + 2 * pad_h + 1, padded_w, channels)
+            inner = grid[:, pad_h : pad_h + height, pad_w : pad_w + width]
+            offset = 0
+            for piece in pieces:
+                inner[..., offset : offset + piece.shape[1]] = piece.permute(0, 2, 3, 1)
+                offset += piece.shape[1]
+            if n == 1 and stride_h == stride_w == 1 and out_h * out_w > _SHIFTED_MIN_PIXELS:
+                # Output pixel (i, j) of tap (dy, dx) reads flat row (i + dy) * padded_w +
+                # j + dx: a contiguous run per tap; the columns j >= out_w are discarded.
+                flat, count = grid.view(-1, channels), out_h * padded_w
+                y = torch.addmm(bias, flat[:count], weight[:channels])
+                for tap in range(1, taps):
+                    start = (tap // kw) * padded_w + tap % kw
+                    tap_weight = weight[tap * channels : (tap + 1) * channels]
+                    # out=y, not addmm_: torch's FlopCounterMode counts only the former.
+                    torch.addmm(y, flat[start : start + count], tap_weight, out=y)
+                y = y.view(1, out_h, padded_w, -1)[:, :, :out_w]
+            else:
+                cols = grid.new_empty(n, out_h, out_w, kh, kw, channels)
+                for dy in range(kh):
+                    for dx in range(kw):
+                        cols[:, :, :, dy, dx] = grid[
+                            :,
+                            dy : dy + stride_h * (out_h - 1) + 1 : stride_h,
+                            dx : dx + stride_w * (out_w - 1) + 1 : stride_w,
+                        ]
+                y = torch.addmm(bias, cols.view(n * out_h * out_w, -1), weight)
+                y = y.view(n, out_h, out_w, -1)
+        y = y + add.permute(0, 2, 3, 1) if add is not None else y.contiguous()
+        if act.attr == "relu":
+            y.relu_()
+        else:
+            y = act(y)
+        return y.permute(0, 3, 1, 2)

@@ -12,6 +12,7 @@ import torch
 from ._conv import _IDENTITY, CHANNELS_LAST, _Act, _Conv
 from ._selection import (
     _DENSE,
+    _GEMM,
     _PACK_NOW,
     _PACKED,
     _PER_GROUP,
@@ -44,7 +45,9 @@ class _Part:
         if len(self.wanted) == len(self.held):
             return self.tensor
         positions = np.searchsorted(self.held, self.wanted)
-        return self.tensor.index_select(1, _channel_index(positions, size, self.tensor.device))
+        index = _channel_index(positions, size, self.tensor.device)
+        # On the NHWC view: twice as fast as index_select(1) on channels-last data.
+        return self.tensor.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
 
     def groups(self, size: int) -> list[tuple[int, torch.Tensor]]:
         """(group id, view of its channels) for every wanted group: no copy."""
@@ -52,18 +55,32 @@ class _Part:
         return [(j, self.tensor.narrow(1, i * size, size)) for j, i in zip(self.wanted, positions)]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """How one selection runs: the mode, the conv of the packed modes, the groups that
+    conv computes (outputs; a superset when its count was rounded up) and the zero input
+    channels appended to it (inputs, for the same reason)."""
+
+    mode: str
+    conv: _Conv | None = None
+    groups: np.ndarray | None = None
+    zero_channels: int = 0
+
+
 class _GroupedConv:
     """A conv whose output (first conv) or input (second conv) channels are selected per
     group of ``size`` channels.
 
     A selection runs with its cached packed weight when it has one, and is packed (and
-    cached) when it recurs within a few calls. Any other selection runs one of three
-    ways, picked by ``dense_fallback``: one call per group (weights packed per group
-    once; coarse granularity only), its gathered weight packed now, or the dense conv
-    with the unused channels discarded. ``"timed"`` picks the fastest by online timings
-    (`_ModeTimer`), ``"never"`` never runs dense (exactly Eq. 5's channels), ``"always"``
-    runs every partial selection densely. Both ``*_for`` methods return the number of
-    channels actually executed with the result.
+    cached) when it recurs within a few calls. Any other selection runs one of four
+    ways: one call per group (weights packed per group once; coarse granularity only),
+    its gathered weight packed now (with ``dense_fallback="timed"``, its channel count
+    rounded up to a multiple of ``bucket_channels`` so that oneDNN's primitive cache
+    hits), matrix products (`_Conv.gemm`: no primitive, no reorder), or the dense conv
+    with the unused channels discarded (``"timed"`` only). On CPU the fastest allowed
+    way is picked per conv from online timings (`_ModeTimer`); ``"never"`` executes
+    exactly Eq. 5's channels, ``"always"`` runs every partial selection densely. Both
+    ``*_for`` methods return the number of channels actually executed with the result.
     """
 
     def __init__(self, conv: _Conv, size: int, outputs: bool, tuning: _Tuning) -> None:
@@ -74,9 +91,17 @@ class _GroupedConv:
         self._per_group_allowed = (
             size >= tuning.min_group_channels and self.groups > 1 and tuning.max_group_calls > 1
         )
+        on_cpu = conv.weight.device.type == "cpu"
+        self._gemm_allowed = tuning.gemm and on_cpu and conv.gemm_supported
+        bucket = tuning.bucket_channels
+        self._bucket_groups = (
+            bucket // size
+            if tuning.dense_fallback == "timed" and bucket > size and bucket % size == 0
+            else 1
+        )
         self._group_convs: list[_Conv] | None = None
         self._group_shapes: set[tuple[int, ...]] = set()
-        timed = tuning.dense_fallback == "timed" and conv.weight.device.type == "cpu"
+        timed = tuning.dense_fallback != "always" and on_cpu
         self._timer = _ModeTimer() if timed else None
         self.mode_counts: collections.Counter[str] = collections.Counter()
 
@@ -97,29 +122,59 @@ class _GroupedConv:
     def _full(self, order: np.ndarray) -> bool:
         return len(order) == self.groups and bool((order == np.arange(self.groups)).all())
 
-    def _plan(self, order: np.ndarray) -> tuple[str, _Conv | None]:
-        """How to run this selection: (mode, the conv for ``_PACKED``)."""
+    def _modes(self, selected: int) -> tuple[str, ...]:
+        """The ways a selection of ``selected`` groups that is not cached may run."""
+        modes = [_PACK_NOW]
+        if self._per_group_allowed and selected <= self.tuning.max_group_calls:
+            modes.append(_PER_GROUP)
+        if self._gemm_allowed:
+            modes.append(_GEMM)
+        if self.tuning.dense_fallback == "timed":
+            modes.append(_DENSE)
+        return tuple(modes)
+
+    def _bucketed(self, order: np.ndarray) -> tuple[np.ndarray, int]:
+        """``order`` with its group count rounded up to a multiple of the bucket: the
+        groups to compute (outputs: other groups added) and the zero input channels to
+        append (inputs: other channels are zero in the fused map, so zeros stand in)."""
+        target = min(-(-len(order) // self._bucket_groups) * self._bucket_groups, self.groups)
+        extra = target - len(order)
+        if not extra:
+            return order, 0
+        if not self.outputs:
+            return order, extra * self.size
+        unused = np.setdiff1d(np.arange(self.groups), order, assume_unique=True)
+        return np.union1d(order, unused[:extra]), 0
+
+    def _plan(self, order: np.ndarray) -> _Run:
+        """How to run this selection."""
         if self._full(order):
-            return _PACKED, self.conv
-        fallback = self.tuning.dense_fallback
-        if fallback == "always":
-            return _DENSE, None
+            return _Run(_PACKED, self.conv, order)
+        if self.tuning.dense_fallback == "always":
+            return _Run(_DENSE)
         key = order.tobytes()
         conv = self._cache.get(key)
         if conv is not None:
-            return _PACKED, conv
-        if not self._cache.recurs(key):
-            per_group = self._per_group_allowed and len(order) <= self.tuning.max_group_calls
+            return _Run(_PACKED, conv, order)
+        recurring = self._cache.recurs(key)
+        if not recurring:
+            modes = self._modes(len(order))
             if self._timer is not None:
-                modes = (_PER_GROUP, _PACK_NOW, _DENSE) if per_group else (_PACK_NOW, _DENSE)
                 mode = self._timer.choose(modes, len(order))
-                if mode != _PACK_NOW:
-                    return mode, None
-            elif per_group:
-                return _PER_GROUP, None
+            else:
+                mode = _PER_GROUP if _PER_GROUP in modes else _PACK_NOW
+            if mode != _PACK_NOW:
+                return _Run(mode)
+            if self._bucket_groups > 1:  # packed for this call only: not cached
+                groups, zeros = self._bucketed(order)
+                return _Run(_PACK_NOW, self._select(groups, zeros), groups, zeros)
+        return _Run(_PACK_NOW, self._cache.put(key, self._select(order)), order)
+
+    def _select(self, order: np.ndarray, zero_channels: int = 0) -> _Conv:
         index = _channel_index(order, self.size, self.conv.weight.device)
-        conv = self.conv.select_outputs(index) if self.outputs else self.conv.select_inputs(index)
-        return _PACK_NOW, self._cache.put(key, conv)
+        if self.outputs:
+            return self.conv.select_outputs(index)
+        return self.conv.select_inputs(index, zero_channels)
 
     def _timed(self, mode: str, selected: int, start: float) -> None:
         """Count a run, and time it if the timer chooses between such runs (a packed
@@ -135,16 +190,19 @@ class _GroupedConv:
         the groups it holds in order (all of them after a dense run), and the number of
         channels executed."""
         start = time.perf_counter()
-        mode, conv = self._plan(order)
-        if mode in (_PACKED, _PACK_NOW):
-            assert conv is not None  # _plan returns the conv of these modes
-            y, held = conv(x, act), order
-        elif mode == _PER_GROUP:
+        run = self._plan(order)
+        if run.conv is not None:
+            assert run.groups is not None  # set with the conv
+            y, held = run.conv(x, act), run.groups
+        elif run.mode == _PER_GROUP:
             convs = self._per_group(x)
             y, held = torch.cat([convs[j](x, act) for j in order], dim=1), order
+        elif run.mode == _GEMM:
+            index = _channel_index(order, self.size, x.device)
+            y, held = self.conv.gemm(x, act, outputs=index), order
         else:
             y, held = self.conv(x, act), np.arange(self.groups)
-        self._timed(mode, len(order), start)
+        self._timed(run.mode, len(order), start)
         return y, held, len(held) * self.size
 
     def _mask(self, groups: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -187,17 +245,24 @@ class _GroupedConv:
             y = y + add if add is not None else y.clone(memory_format=CHANNELS_LAST)
             return act(y), 0
         start = time.perf_counter()
-        mode, conv = self._plan(order)
-        if mode == _DENSE:
+        run = self._plan(order)
+        executed = len(order) * self.size
+        if run.mode == _DENSE:
             out, executed = self.conv(self._dense_input(parts), act, add), self.channels
-        elif mode == _PER_GROUP:
-            out, executed = self._per_group_inputs(parts, act, add), len(order) * self.size
+        elif run.mode == _PER_GROUP:
+            out = self._per_group_inputs(parts, act, add)
         else:
-            assert conv is not None  # _plan returns the conv of the packed modes
             taken = [p.take(self.size) for p in parts]
-            x = taken[0] if len(taken) == 1 else torch.cat(taken, dim=1)
-            out, executed = conv(x, act, add), len(order) * self.size
-        self._timed(mode, len(order), start)
+            if run.conv is None:  # _GEMM: the parts are copied side by side once, padded
+                index = _channel_index(order, self.size, taken[0].device)
+                out = self.conv.gemm(taken, act, add, inputs=index)
+            else:
+                if run.zero_channels:
+                    shape = (1, run.zero_channels, *taken[0].shape[2:])
+                    taken.append(taken[0].new_zeros(shape))
+                x = taken[0] if len(taken) == 1 else torch.cat(taken, dim=1)
+                out, executed = run.conv(x, act, add), executed + run.zero_channels
+        self._timed(run.mode, len(order), start)
         return out, executed
 
     def _per_group_inputs(

@@ -45,8 +45,8 @@ class _SelectionCache:
 
 
 #: Ways to run a channel selection: its cached packed weight, one call per group, its
-#: gathered weight packed now, the dense conv.
-_PACKED, _PER_GROUP, _PACK_NOW, _DENSE = "packed", "per-group", "pack-now", "dense"
+#: gathered weight packed now, matrix products (`_Conv.gemm`), the dense conv.
+_PACKED, _PER_GROUP, _PACK_NOW, _GEMM, _DENSE = "packed", "per-group", "pack-now", "gemm", "dense"
 #: ``dense_fallback`` values: choose by online timings / exactly Eq. 5 / always dense.
 DenseFallback = Literal["timed", "never", "always"]
 DENSE_FALLBACKS: tuple[str, ...] = get_args(DenseFallback)
@@ -60,6 +60,8 @@ class _Tuning:
     min_group_channels: int
     cache_size: int
     dense_fallback: DenseFallback
+    gemm: bool = True
+    bucket_channels: int = 16
 
 
 class _ModeTimer:

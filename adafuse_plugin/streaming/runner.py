@@ -55,8 +55,9 @@ class ExecutedFlops:
         frames: frames streamed.
         eq5: the paper's Eq. 5 count of the decisions taken; equals `audit_flops`'s
             ``FlopsReport.adaptive`` for the same frames.
-        total: what the runner executed: ``eq5`` plus the channels a dense fallback
-            computed and discarded (equal to ``eq5`` with ``dense_fallback="never"``).
+        total: what the runner executed: ``eq5`` plus the channels a dense fallback or a
+            rounded-up channel count computed and discarded (equal to ``eq5`` with
+            ``dense_fallback="never"``).
         dense: the dense model's cost of the same frames.
         policy: the policy networks' share (included in ``eq5`` and ``total``).
         first_conv, second_conv: per block, executed first- / second-conv FLOPs.
@@ -115,11 +116,21 @@ class StreamingRunner:
             recurs within a few calls (a stable policy).
         dense_fallback: how a selection that is not cached runs. ``"timed"`` (default,
             CPU): per conv, the fastest of one call per group, packing the gathered
-            weight now, and the dense conv with the unused channels discarded, from
-            timings taken while streaming (the first frames try each way), so a conv whose
-            selections cannot pay for themselves runs densely; on other devices as
-            ``"never"``. ``"never"``: exactly Eq. 5's channels (per group or packed).
-            ``"always"``: every partial selection runs densely (a reference).
+            weight now (its channel count rounded up, see ``bucket_channels``), matrix
+            products on weights laid out once (``gemm``) and the dense conv with the
+            unused channels discarded, from timings taken while streaming (the first
+            frames try each way), so a conv whose selections cannot pay for themselves
+            runs densely; on other devices as ``"never"``. ``"never"``: exactly Eq. 5's
+            channels (per group, packed, or matrix products; on CPU the fastest by the
+            same timings). ``"always"``: every partial selection runs densely (a
+            reference).
+        gemm: allow the matrix-product path (CPU): a channel subset is a gather of
+            contiguous weight rows and one MKL product per kernel tap, so no oneDNN
+            primitive is created and no weight reordered per selection.
+        bucket_channels: with ``"timed"``, a selection packed for one call executes its
+            channel count rounded up to a multiple of this (extra output channels are
+            computed and discarded, extra inputs are zeros), so the few counts that occur
+            reuse oneDNN's cached primitives; 1 turns it off.
     """
 
     def __init__(
@@ -132,10 +143,16 @@ class StreamingRunner:
         min_group_channels: int = 16,
         cache_size: int = 8,
         dense_fallback: DenseFallback = "timed",
+        gemm: bool = True,
+        bucket_channels: int = 16,
     ) -> None:
         if dense_fallback not in DENSE_FALLBACKS:
             raise AdaFuseStreamingError(
                 f"dense_fallback must be one of {DENSE_FALLBACKS}, got {dense_fallback!r}"
+            )
+        if bucket_channels < 1:
+            raise AdaFuseStreamingError(
+                f"bucket_channels must be >= 1 (1: no rounding), got {bucket_channels}"
             )
         gates = dict(iter_gates(model))
         if not gates:
@@ -170,7 +187,9 @@ class StreamingRunner:
         self.record_decisions = record_decisions
         self._reference = copy.deepcopy(model)
         self._model = copy.deepcopy(model)
-        tuning = _Tuning(max_group_calls, min_group_channels, cache_size, dense_fallback)
+        tuning = _Tuning(
+            max_group_calls, min_group_channels, cache_size, dense_fallback, gemm, bucket_channels
+        )
         self._blocks = self._convert(self._model, tuning)
         _pack_dense_parts(self._model, self.backend)
         self._flops_tables: dict[tuple[int, ...], _FlopsTable] = {}
@@ -325,7 +344,7 @@ class StreamingRunner:
     def execution_modes(self) -> dict[str, int]:
         """How many first / second conv runs (of partial or full selections) took each
         way since the runner was built: ``packed`` (a weight packed for the selection,
-        cached or full), ``per-group``, ``pack-now``, ``dense``."""
+        cached or full), ``per-group``, ``pack-now``, ``gemm``, ``dense``."""
         counts: collections.Counter[str] = collections.Counter()
         for block in self._blocks.values():
             for conv in (block.first, block.second):
