@@ -54,6 +54,9 @@ PRETRAINING = (
     "family",
     "schedule",
 )
+#: Settings that do not change a run's result (``--pretrained`` reuses adapted runs when
+#: all the others agree).
+RUN_ONLY = ("seed", "num_workers", "threads", "log_interval", "quiet")
 
 
 def adapted(lambdas: list[float]) -> list[Variant]:
@@ -358,9 +361,10 @@ def main() -> None:
         type=Path,
         default=None,
         metavar="OUT",
-        help="reuse the pretrained TSN / TSM runs (results and checkpoints) of an earlier "
-        "--out folder with the same settings (its recipe.json, or for a sweep cut short its "
-        "runs.jsonl); seeds it lacks are trained",
+        help="reuse the finished runs (results and checkpoints) of an earlier --out folder "
+        "(its recipe.json, or for a sweep cut short its runs.jsonl): TSN / TSM when the "
+        "pretraining settings agree (seeds it lacks are trained), adapted models too when "
+        "every setting agrees (only the missing ones run)",
     )
     parser.add_argument(
         "--skip-models",
@@ -431,7 +435,7 @@ def main() -> None:
     def phase(variants, trained=(), seeds=args.seeds):
         return run_phase(variants, seeds, settings, data_root, args.out, args.workers, trained)
 
-    results = []
+    results, reused = [], []
     if args.pretrained is not None:
         earlier = finished_runs(args.pretrained)
         now = dataclasses.asdict(settings)
@@ -439,26 +443,35 @@ def main() -> None:
         if differ:
             raise SystemExit(f"{args.pretrained} was pretrained with other {', '.join(differ)}")
         names = {v.name for v in PRETRAINED}
-        results = [r for r in earlier["results"] if r["model"] in names and r["seed"] in args.seeds]
+        runs = [r for r in earlier["results"] if r["seed"] in args.seeds]
+        results = [r for r in runs if r["model"] in names]
+        same = all(earlier["settings"].get(k) == v for k, v in now.items() if k not in RUN_ONLY)
+        if same and not args.pretrain_only:
+            reused = [r for r in runs if r["model"] not in names]  # adapted the same way
     have = {(r["model"], r["seed"]) for r in results}
     missing = [s for s in args.seeds if any((v.name, s) not in have for v in PRETRAINED)]
     results = [r for r in results if r["seed"] not in missing]
+    reused = [r for r in reused if r["seed"] not in missing]
     with open(args.out / "runs.jsonl", "a") as log:  # reused runs belong to this sweep too
-        log.writelines(json.dumps(r) + "\n" for r in results)
+        log.writelines(json.dumps(r) + "\n" for r in results + reused)
     if missing:
         results += phase(PRETRAINED, seeds=missing)
     if args.pretrain_only:
         return report(results, settings, args)
-    results += phase([v for v in adapted(args.lambdas) if v.name not in args.skip_models], results)
+    results += reused
+    done = {(r["model"], r["seed"]) for r in results}
+
+    def to_run(variants: list[Variant], seed: int) -> list[Variant]:
+        skip = set(args.skip_models)
+        return [v for v in variants if v.name not in skip and (v.name, seed) not in done]
+
+    results += phase(lambda seed: to_run(adapted(args.lambdas), seed), results)
     first = f"AdaFuse λ={args.lambdas[0]:g}"
 
     def matched(seed: int) -> list[Variant]:
         adafuse = next(r for r in results if r["model"] == first and r["seed"] == seed)
-        return [
-            dataclasses.replace(v, init_from="TSN")
-            for v in matched_baselines(adafuse)
-            if v.name not in args.skip_models
-        ]
+        baselines = [dataclasses.replace(v, init_from="TSN") for v in matched_baselines(adafuse)]
+        return to_run(baselines, seed)
 
     results += phase(matched, results)
     report(results, settings, args)

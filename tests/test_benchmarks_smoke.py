@@ -100,6 +100,15 @@ def test_recipe_benchmark_runs_end_to_end(tmp_path):
         runs[0]["checkpoint"]
         == next(r for r in kept if r["model"] == "TSN" and r["seed"] == 1)["checkpoint"]
     )
+    # Adapted runs with every setting equal are reused as well: only Threshold runs now.
+    again = tmp_path / "again"
+    skipped = ["TSN adapted", "Ada. Skip λ=0.05", "AdaFuse-TSM", "AdaFuse-TSM+Last"]
+    recipe(
+        "--seeds", "1", "--pretrained", str(short), "--out", str(again), "--skip-models", *skipped
+    )
+    rerun = [json.loads(line) for line in (again / "runs.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rerun] == [r["model"] for r in runs] + ["Threshold"]
+    assert rerun[2]["top1"] == runs[2]["top1"] and rerun[2]["checkpoint"] == runs[2]["checkpoint"]
 
 
 def test_grid_report_summarises_the_recorded_runs(tmp_path):
