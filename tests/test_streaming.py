@@ -421,10 +421,12 @@ def test_mode_timer_ignores_a_stall():
     assert timer.choose(("per-group", "dense"), 2) == "per-group"
 
 
-def test_dense_fallback_is_validated():
+def test_dense_fallback_and_bucket_are_validated():
     model = build("resnet18", 2)
     with pytest.raises(AdaFuseStreamingError, match="dense_fallback must be one of"):
         StreamingRunner(model, dense_fallback="sometimes")
+    with pytest.raises(AdaFuseStreamingError, match="bucket_channels must be >= 1"):
+        StreamingRunner(model, bucket_channels=0)
 
 
 class TwoConvBlock(nn.Module):
