@@ -277,6 +277,33 @@ def report(variants: list[Variant], name: str) -> str:
     return "\n".join(lines)
 
 
+def leads_table(variants: list[Variant], name: str) -> str:
+    """The synthetic variants side by side per ``--paths`` setting: speedup against the
+    fastest dense variant, executed FLOPs in brackets (the lead-by-lead table)."""
+    medians = {v.label: statistics.median(v.times) for v in variants}
+    dense = min(t for label, t in medians.items() if label.startswith("dense"))
+    rows: dict[str, dict[str, str]] = {}
+    ideal: dict[str, str] = {}
+    for variant in variants:
+        if variant.runner is None or " [" not in variant.label:
+            continue
+        config, paths = variant.label[:-1].split(" [")
+        eq5, total, flops = variant.counts()
+        speedup = dense / medians[variant.label]
+        rows.setdefault(config, {})[paths] = f"{speedup:.2f}x ({total / flops:.1%})"
+        ideal[config] = f"{eq5 / flops:.1%} | {flops / eq5:.2f}x"
+    paths = list(next(iter(rows.values())))
+    lines = [
+        "| model | selections | Eq. 5 FLOPs | ideal | "
+        + " | ".join(f"{p}: speedup (exec. FLOPs)" for p in paths)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(paths),
+    ]
+    for config, by in rows.items():
+        lines.append(f"| {name} | {config} | {ideal[config]} | " + " | ".join(by.values()) + " |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=["resnet18", "resnet50"])
@@ -356,6 +383,8 @@ def main(argv: list[str] | None = None) -> None:
         variants = build_variants(args, name)
         measure(variants, args, desc=name)
         print(report(variants, f"{name} at {args.size}x{args.size}, batch 1") + "\n", flush=True)
+        if len(args.paths) > 1:
+            print(leads_table(variants, name) + "\n", flush=True)
     for work_dir in args.work_dirs:
         variants, mean, std = build_trained_variants(args, work_dir)
         clips = generated_clips(args.size, -(-(args.warmup + args.frames) // 8), mean, std)

@@ -156,8 +156,7 @@ class _GroupedConv:
         conv = self._cache.get(key)
         if conv is not None:
             return _Run(_PACKED, conv, order)
-        recurring = self._cache.recurs(key)
-        if not recurring:
+        if not self._cache.recurs(key):
             modes = self._modes(len(order))
             if self._timer is not None:
                 mode = self._timer.choose(modes, len(order))

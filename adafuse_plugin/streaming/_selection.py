@@ -60,8 +60,8 @@ class _Tuning:
     min_group_channels: int
     cache_size: int
     dense_fallback: DenseFallback
-    gemm: bool = True
-    bucket_channels: int = 16
+    gemm: bool
+    bucket_channels: int
 
 
 class _ModeTimer:
