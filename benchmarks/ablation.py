@@ -22,7 +22,7 @@ import argparse
 import dataclasses
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -150,29 +150,36 @@ def plot(
     rows: list[dict],
     path: Path,
     title: str = "Policy ablation on generated videos (ResNet-18)",
-    joined: Sequence[str] = (),
+    sweeps: Mapping[str, Sequence[str]] = {},
 ) -> Path:
-    """Top-1 against GFLOPs per clip, error bars = std over seeds; the models named in
-    ``joined`` (a sweep) are linked by a line in FLOPs order."""
+    """Top-1 against GFLOPs per clip, error bars = std over seeds. Each of ``sweeps``
+    (legend label -> model names, e.g. one method over lambdas) is drawn in one colour,
+    linked in FLOPs order, each point tagged with its name minus the label."""
     from adafuse_plugin.demo.plots import new_figure
 
     figure = new_figure(6.8, 4.8)
     ax = figure.add_subplot()
-    sweep = sorted((r for r in rows if r["model"] in joined), key=lambda r: r["gflops"])
-    if len(sweep) > 1:
-        ax.plot([r["gflops"] for r in sweep], [r["top1"] for r in sweep], "-", color="0.6")
-    for index, r in enumerate(rows):
+    swept = {name for names in sweeps.values() for name in names}
+    groups = [(label, [r for r in rows if r["model"] in names]) for label, names in sweeps.items()]
+    groups += [(r["model"], [r]) for r in rows if r["model"] not in swept]
+    for index, (label, group) in enumerate(g for g in groups if g[1]):
+        group = sorted(group, key=lambda r: r["gflops"])
         ax.errorbar(
-            r["gflops"],
-            r["top1"],
-            xerr=r["gflops_std"],
-            yerr=r["top1_std"],
-            fmt="o",
+            [r["gflops"] for r in group],
+            [r["top1"] for r in group],
+            xerr=[r["gflops_std"] for r in group],
+            yerr=[r["top1_std"] for r in group],
+            fmt="o-" if len(group) > 1 else "o",
             color=f"C{index % 10}",
             capsize=3,
             markersize=7,
-            label=r["model"],
+            label=label,
         )
+        for r in group if len(group) > 1 else ():
+            tag = r["model"].removeprefix(label).strip()
+            ax.annotate(
+                tag, (r["gflops"], r["top1"]), (4, -10), textcoords="offset points", fontsize=7
+            )
     ax.set_xlabel("GFLOPs per clip (Eq. 5, adaptive)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)

@@ -60,7 +60,9 @@ def test_recipe_benchmark_runs_end_to_end(tmp_path):
     recipe("--seeds", "0", "--out", str(tmp_path))
     report = json.loads((tmp_path / "recipe.json").read_text())
     models = [row["model"] for row in report["summary"]]
-    assert models[:2] == ["TSN", "TSM"] and "AdaFuse-TSM+Last" in models and "Random" in models
+    assert (
+        models[:2] == ["TSN", "TSM"] and "AdaFuse-TSM+Last" in models and "Random λ=0.05" in models
+    )
     adapted = next(r for r in report["results"] if r["model"] == "AdaFuse λ=0.05")
     assert 0.0 <= adapted["within_pair"] <= 1.0
     assert (tmp_path / "recipe.png").stat().st_size > 10_000
@@ -87,27 +89,33 @@ def test_recipe_benchmark_runs_end_to_end(tmp_path):
         (r["model"], 0, r["top1"]) for r in report["results"] if r["model"] in ("TSN", "TSM")
     }
     # A pretraining cut short (runs.jsonl, no recipe.json) is reused too; skipped models
-    # are not run (Random still matched to the first lambda's AdaFuse).
+    # are not run (Random λ=0.05 still matched to AdaFuse λ=0.05).
     (more / "recipe.json").unlink()
     short = tmp_path / "short"
-    skipped = ["TSN adapted", "Ada. Skip λ=0.05", "AdaFuse-TSM", "AdaFuse-TSM+Last", "Threshold"]
+    skipped = [
+        "TSN adapted",
+        "Ada. Skip λ=0.05",
+        "AdaFuse-TSM λ=0.05",
+        "AdaFuse-TSM+Last",
+        "Threshold λ=0.05",
+    ]
     recipe(
         "--seeds", "1", "--pretrained", str(more), "--out", str(short), "--skip-models", *skipped
     )
     runs = [json.loads(line) for line in (short / "runs.jsonl").read_text().splitlines()]
-    assert [r["model"] for r in runs] == ["TSN", "TSM", "AdaFuse λ=0.05", "Random"]
+    assert [r["model"] for r in runs] == ["TSN", "TSM", "AdaFuse λ=0.05", "Random λ=0.05"]
     assert (
         runs[0]["checkpoint"]
         == next(r for r in kept if r["model"] == "TSN" and r["seed"] == 1)["checkpoint"]
     )
     # Adapted runs with every setting equal are reused as well: only Threshold runs now.
     again = tmp_path / "again"
-    skipped = ["TSN adapted", "Ada. Skip λ=0.05", "AdaFuse-TSM", "AdaFuse-TSM+Last"]
+    skipped = ["TSN adapted", "Ada. Skip λ=0.05", "AdaFuse-TSM λ=0.05", "AdaFuse-TSM+Last"]
     recipe(
         "--seeds", "1", "--pretrained", str(short), "--out", str(again), "--skip-models", *skipped
     )
     rerun = [json.loads(line) for line in (again / "runs.jsonl").read_text().splitlines()]
-    assert [r["model"] for r in rerun] == [r["model"] for r in runs] + ["Threshold"]
+    assert [r["model"] for r in rerun] == [r["model"] for r in runs] + ["Threshold λ=0.05"]
     assert rerun[2]["top1"] == runs[2]["top1"] and rerun[2]["checkpoint"] == runs[2]["checkpoint"]
 
 
@@ -134,3 +142,73 @@ def test_grid_report_summarises_the_recorded_runs(tmp_path):
     assert row.split(" | ")[6] == cell and row.split(" | ")[7] == "3"
     assert sum(line.startswith("| cycles |") for line in table) == 3
     assert (tmp_path / "pretraining_grid.png").stat().st_size > 10_000
+
+
+def test_recipe_targets_read_the_lambda_sweeps():
+    """A sweep target is met where some lambda meets it, and only then; the curve check
+    interpolates AdaFuse's lambda sweep at the other method's FLOPs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from recipe import targets
+
+    def row(model: str, top1: float, share: float) -> dict:
+        return dict(
+            model=model, top1=top1, within_pair=top1, gflops=share, flops_share=share, seeds=1
+        ) | {"top1_std": 0.0}
+
+    rows = [
+        row("TSN", 40, 1.0),
+        row("TSM", 80, 1.0),
+        row("AdaFuse λ=0.05", 72, 0.75),
+        row("AdaFuse λ=0.1", 71, 0.69),
+        row("Ada. Skip λ=0.1", 70, 0.72),
+        row("AdaFuse-TSM λ=0.05", 82, 0.78),
+        row("AdaFuse-TSM λ=0.1", 76, 0.60),
+        row("AdaFuse-TSM+Last", 80, 0.93),
+    ]
+    lines = targets(rows, "AdaFuse λ=0.05")
+
+    def line(start: str) -> str:
+        return line_in(lines, start)
+
+    assert line("AdaFuse >= TSN + 30").startswith("- [x]")  # lambda 0.1 only
+    assert "λ=0.05: 72.0 vs 40.0, 75 %" in line("AdaFuse >= TSN + 30")
+    assert line("AdaFuse-TSM >= TSM - 3").startswith("- [ ]")  # 76 < 77 at 60 %, 82 at 78 %
+    assert line("AdaFuse-TSM+Last").startswith("- [x]")
+    # Ada. Skip at 0.72: the curve between (0.69, 71) and (0.75, 72) is 71.5 >= 70.
+    assert line("AdaFuse's lambda curve on or above Ada. Skip").startswith("- [x]")
+    rows[6]["top1"] = 77
+    assert line_in(targets(rows, "AdaFuse λ=0.05"), "AdaFuse-TSM >= TSM - 3").startswith("- [x]")
+    del rows[5:7]
+    assert "not run (AdaFuse-TSM λ=...)" in line_in(targets(rows, "x"), "AdaFuse-TSM >= TSM")
+
+
+def line_in(lines: list[str], start: str) -> str:
+    """The target line (``- [x] text: values``) whose text starts with ``start``."""
+    return next(t for t in lines if t[6:].startswith(start))
+
+
+def test_recipe_matches_random_and_threshold_to_each_lambda():
+    """Random / Threshold λ=x take the mix of AdaFuse λ=x of the same seed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from recipe import matched
+
+    def run(model: str, seed: int, mix: tuple[float, float, float]) -> dict:
+        return {"model": model, "seed": seed, "mix": dict(zip(("keep", "reuse", "skip"), mix))}
+
+    results = [
+        run("TSN", 0, (1.0, 0.0, 0.0)),
+        run("AdaFuse λ=0.05", 0, (0.5, 0.1, 0.4)),
+        run("AdaFuse λ=0.05", 1, (0.9, 0.1, 0.0)),
+        run("Ada. Skip λ=0.2", 0, (0.3, 0.0, 0.7)),
+        run("AdaFuse λ=0.2", 0, (0.3, 0.1, 0.6)),
+    ]
+    variants = {v.name: v for v in matched(results, 0)}
+    assert list(variants) == [
+        "Random λ=0.05",
+        "Threshold λ=0.05",
+        "Random λ=0.2",
+        "Threshold λ=0.2",
+    ]
+    assert variants["Random λ=0.2"].options["random_ratios"] == pytest.approx((0.3, 0.1, 0.6))
+    assert variants["Threshold λ=0.05"].options["threshold_keep_ratio"] == pytest.approx(0.6)
+    assert {v.init_from for v in variants.values()} == {"TSN"}
