@@ -138,6 +138,23 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pairs_table(results: list[dict], settings: DemoSettings) -> str:
+    """Within-pair accuracy per pair of classes (mean over seeds) of the runs that report
+    it: which temporal distinctions a model learns and which it misses."""
+    runs = [r for r in results if r.get("pairs")]
+    if not runs:
+        return ""
+    pairs = sorted(runs[0]["pairs"], key=int)
+    classes = FAMILIES[settings.family] if settings.data is None else None
+    names = [f"{classes[2 * int(k)]} / {classes[2 * int(k) + 1]}" if classes else k for k in pairs]
+    lines = [f"| model | {' | '.join(names)} |", "|---" * (len(pairs) + 1) + "|"]
+    for model in dict.fromkeys(r["model"] for r in runs):
+        per_seed = [r["pairs"] for r in runs if r["model"] == model]
+        cells = [f"{100 * statistics.mean(p[k] for p in per_seed):.0f}" for k in pairs]
+        lines.append(f"| {model} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def mix_per_epoch(results: list[dict], model: str) -> dict[str, list[float]]:
     """Training keep / reuse / skip shares of ``model`` per epoch, mean over seeds, from the
     runs' mmengine scalars (``vis_data/scalars.json``)."""
@@ -501,6 +518,9 @@ def report(results: list[dict], settings: DemoSettings, args: argparse.Namespace
     """Print and write the table, the targets, the JSON and the plots of all runs."""
     rows = summarise(results)
     table = markdown(rows)
+    pairs = pairs_table(results, settings)
+    if pairs:
+        table += f"\n\nWithin-pair accuracy % per pair of classes:\n\n{pairs}"
     print(f"\nsettings: {dataclasses.asdict(settings)}\n\n{table}")
     args.out.mkdir(parents=True, exist_ok=True)
     data = {"settings": dataclasses.asdict(settings), "summary": rows, "results": results}

@@ -66,6 +66,7 @@ def test_recipe_benchmark_runs_end_to_end(tmp_path):
     adapted = next(r for r in report["results"] if r["model"] == "AdaFuse λ=0.05")
     assert 0.0 <= adapted["within_pair"] <= 1.0
     assert (tmp_path / "recipe.png").stat().st_size > 10_000
+    assert "| moving_right / moving_left |" in (tmp_path / "recipe.md").read_text()
     # A sweep cut short is reported from the runs it finished, with the settings it ran with.
     (tmp_path / "recipe.json").unlink()
     recipe("--seeds", "0", "--epochs", "7", "--report-only", "--out", str(tmp_path))
@@ -212,3 +213,20 @@ def test_recipe_matches_random_and_threshold_to_each_lambda():
     assert variants["Random λ=0.2"].options["random_ratios"] == pytest.approx((0.3, 0.1, 0.6))
     assert variants["Threshold λ=0.05"].options["threshold_keep_ratio"] == pytest.approx(0.6)
     assert {v.init_from for v in variants.values()} == {"TSN"}
+
+
+def test_recipe_pairs_table_averages_each_pair_over_seeds():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from recipe import pairs_table
+
+    from adafuse_plugin.demo import DemoSettings
+
+    runs = [
+        {"model": "TSM", "pairs": {"0": 1.0, "1": 0.5, "2": 0.5, "3": 0.5}},
+        {"model": "TSM", "pairs": {"0": 0.5, "1": 0.5, "2": 0.5, "3": 0.0}},
+        {"model": "TSN", "pairs": {}},  # a run before per-pair accuracy was reported
+    ]
+    table = pairs_table(runs, DemoSettings(family="cycles")).splitlines()
+    assert table[0].startswith("| model | orbiting_clockwise / orbiting_anticlockwise | hue_")
+    assert table[2:] == ["| TSM | 75 | 50 | 50 | 25 |"]
+    assert pairs_table(runs[2:], DemoSettings()) == ""

@@ -61,6 +61,9 @@ def test_tiny_demo_trains_tests_and_writes_the_report(tmp_path, capsys):
     for row in results:
         assert 0.0 <= row["top1"] <= 1.0 and row["train_seconds"] > 0
         assert 0.0 <= row["within_pair"] <= 1.0  # the generated classes come in pairs
+        # one entry per pair; the test split has as many clips of every class
+        assert len(row["pairs"]) == 5  # the 10 motion classes
+        assert sum(row["pairs"].values()) / len(row["pairs"]) == pytest.approx(row["within_pair"])
 
     for name in ("accuracy_vs_gflops.png", "policy_mix.png", "block_policies.png"):
         png = tmp_path / name

@@ -224,7 +224,7 @@ def test_clips_of_the_wrong_length_are_an_error_wherever_the_model_runs():
 
 
 def test_within_pair_accuracy_compares_each_class_with_its_partner():
-    from adafuse_plugin.mmaction.metric import within_pair_accuracy
+    from adafuse_plugin.mmaction.metric import per_pair_accuracy, within_pair_accuracy
 
     scores = [
         [0.1, 0.9, 0.0, 0.0],  # label 1 beats its partner 0: hit
@@ -232,6 +232,8 @@ def test_within_pair_accuracy_compares_each_class_with_its_partner():
         [0.0, 0.6, 0.1, 0.3],  # label 3 beats 2 although top-1 is class 1: hit
     ]
     assert within_pair_accuracy(scores, [1, 2, 3]) == pytest.approx(2 / 3)
+    # Per pair: pair 0 (classes 0, 1) has the first clip (a hit), pair 1 the other two.
+    assert per_pair_accuracy(scores, [1, 2, 3]) == pytest.approx({0: 1.0, 1: 0.5})
     with pytest.raises(AdaFuseConfigError, match="no clips"):
         within_pair_accuracy([], [])
 

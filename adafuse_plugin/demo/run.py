@@ -317,6 +317,12 @@ def _result(variant: Variant, metrics: dict, params: int, seconds: dict) -> dict
         "top1": m["top1"],
         "top5": m["top5"],
         "within_pair": m.get("within_pair"),
+        # per pair of classes (2k, 2k + 1), keyed by k
+        "pairs": {
+            key.removeprefix("within_pair/pair"): value
+            for key, value in m.items()
+            if key.startswith("within_pair/pair")
+        },
         "dense_gflops": dense,
         "adaptive_gflops": adaptive,
         "upb_gflops": m["gflops_upb"],

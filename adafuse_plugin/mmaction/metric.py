@@ -21,6 +21,18 @@ def within_pair_accuracy(scores: Sequence[Sequence[float]], labels: Sequence[int
     return sum(hits) / len(hits)
 
 
+def per_pair_accuracy(scores: Sequence[Sequence[float]], labels: Sequence[int]) -> dict[int, float]:
+    """``within_pair_accuracy`` of the clips of each pair of classes (2k, 2k + 1), keyed by
+    k: which temporal distinction a model gets and which it misses."""
+    members: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        members.setdefault(label // 2, []).append(index)
+    return {
+        pair: within_pair_accuracy([scores[i] for i in clips], [labels[i] for i in clips])
+        for pair, clips in sorted(members.items())
+    }
+
+
 @METRICS.register_module()
 class AdaFuseMetric(AccMetric):
     """mmaction2's AccMetric plus AdaFuse FLOPs (paper Eq. 5) over the whole split.
@@ -39,7 +51,8 @@ class AdaFuseMetric(AccMetric):
         paired_classes: the classes come in time-reversed pairs (2k, 2k + 1), as in the
             generated datasets: also report ``within_pair``, the share of clips whose
             class scores above its partner (temporal modelling apart from recognising the
-            object; 0.5 is chance).
+            object; 0.5 is chance), and ``within_pair/pair<k>`` for the clips of classes
+            2k and 2k + 1.
         Others: as ``AccMetric``.
     """
 
@@ -65,9 +78,10 @@ class AdaFuseMetric(AccMetric):
         """Accuracy of AccMetric, then FLOPs and policy mix from the summed counts."""
         metrics = super().compute_metrics(results)
         if self.paired_classes:
-            metrics["within_pair"] = within_pair_accuracy(
-                [r["pred"]["item"] for r in results], [r["label"] for r in results]
-            )
+            scores, labels = [r["pred"]["item"] for r in results], [r["label"] for r in results]
+            metrics["within_pair"] = within_pair_accuracy(scores, labels)
+            for pair, accuracy in per_pair_accuracy(scores, labels).items():
+                metrics[f"within_pair/pair{pair}"] = accuracy
         counts = DecisionCounts()
         for result in results:
             for name, tally in result[COUNTS_FIELD].blocks.items():
