@@ -67,6 +67,25 @@ def test_recipe_benchmark_runs_end_to_end(tmp_path):
     assert 0.0 <= adapted["within_pair"] <= 1.0
     assert (tmp_path / "recipe.png").stat().st_size > 10_000
     assert "| moving_right / moving_left |" in (tmp_path / "recipe.md").read_text()
+    # --retest tests the checkpoints again: the per-pair accuracy comes back to runs
+    # recorded without it, and a recorded result that does not reproduce is an error.
+    older = tmp_path / "older"
+    older.mkdir()
+    for name in ("settings.json", "arguments.json"):
+        (older / name).write_text((tmp_path / name).read_text())
+    (older / "data").symlink_to(tmp_path / "data")
+    kept = [r for r in report["results"] if r["model"] in ("TSN", "AdaFuse λ=0.05")]
+    stripped = [{k: v for k, v in r.items() if k != "pairs"} for r in kept]
+    (older / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stripped))
+    recipe("--retest", "--out", str(older))
+    back = [json.loads(line) for line in (older / "runs.jsonl").read_text().splitlines()]
+    assert [r["pairs"] for r in back] == [r["pairs"] for r in kept] and len(kept[0]["pairs"]) == 5
+    stripped[1]["top1"] += 0.05
+    (older / "recipe.json").unlink()  # (written by the retest's report; read before runs.jsonl)
+    (older / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stripped))
+    command = [sys.executable, script, "--retest", "--out", str(older)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0 and "not the run that was recorded" in done.stderr
     # A sweep cut short is reported from the runs it finished, with the settings it ran with.
     (tmp_path / "recipe.json").unlink()
     recipe("--seeds", "0", "--epochs", "7", "--report-only", "--out", str(tmp_path))

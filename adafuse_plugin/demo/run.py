@@ -365,6 +365,27 @@ def train_and_test(
     return dict(_result(variant, metrics, params, seconds), checkpoint=str(checkpoint))
 
 
+def evaluate_checkpoint(
+    variant: Variant, settings: DemoSettings, data_root: Path, work_dir: Path, checkpoint: Path
+) -> dict:
+    """Test trained weights of ``variant`` again, as `train_and_test` tested them after
+    training (same config, seed and metric): to check a recorded result or to add a
+    metric reported since."""
+    from ..mmaction.runner import build_runner
+
+    data = read_video_folder(data_root)
+    cfg = build_config(
+        variant, settings, data_root, work_dir, data.num_classes, checkpoint, data.paired_classes
+    )
+    cfg.load_from = str(checkpoint)  # also for a model trained from scratch
+    runner = build_runner(cfg)
+    start = time.perf_counter()
+    metrics = runner.test()
+    params = sum(p.numel() for p in runner.model.parameters())
+    seconds = {"test_seconds": time.perf_counter() - start}
+    return dict(_result(variant, metrics, params, seconds), checkpoint=str(checkpoint))
+
+
 def format_table(results: list[dict]) -> str:
     """The demo's result table (within-pair accuracy where the classes come in pairs)."""
     from tabulate import tabulate
