@@ -10,7 +10,9 @@
 # runs of that point when OUT holds them. Every finished run is appended to
 # OUT/*/runs.jsonl as it finishes; with DEADLINE (seconds) the sweep stops then, and
 # `python benchmarks/recipe.py --report-only --out OUT/recipe-FAMILY ...` summarises the
-# runs it finished.
+# runs it finished. `sweep` again on the same OUT goes on from those runs (only the
+# missing ones run): the whole sweep (16 adapted models per seed and family) takes about
+# 15 minutes on 16 cores, so it fits two calls of 10 minutes.
 set -u
 OUT=${1:?usage: recipe_gpu.sh OUT grid|sweep|all}
 STAGE=${2:-all}
@@ -64,6 +66,12 @@ if [[ $STAGE == sweep || $STAGE == all ]]; then
         grid="$OUT/grid-$family-$FRAME-$SIZE"
         reuse=()
         [[ -f $grid/recipe.json ]] && reuse=(--pretrained "$grid")
+        if [[ -f $OUT/recipe-$family/runs.jsonl ]]; then  # a sweep cut short: go on from it
+            done_runs="$OUT/recipe-$family.done-$(date +%s)"
+            mkdir -p "$done_runs"
+            cp "$OUT/recipe-$family"/{runs.jsonl,settings.json} "$done_runs"/
+            reuse=(--pretrained "$done_runs")
+        fi
         timeout "$left" python benchmarks/recipe.py --family "$family" --frame-size "$FRAME" \
             --size "$SIZE" --seeds 0 1 2 --workers "$WORKERS" ${reuse[@]+"${reuse[@]}"} \
             --out "$OUT/recipe-$family" >"$OUT/recipe-$family.log" 2>&1 &
