@@ -16,8 +16,9 @@ Every run is trained and tested like ``adafuse demo`` (mmaction2 pipeline,
 ``AdaFuseMetric`` with within-pair accuracy), at the recipe's settings by default: 64x64
 frames, ``medium`` data (chosen by the pretraining grid of docs/results.md; about 15
 minutes for both families on a 16-core GPU machine, ``benchmarks/recipe_gpu.sh``; on 2 CPU
-cores about 1 hour of pretraining and 20 minutes per adapted model and seed). Writes ``recipe.md`` (mean ± std over seeds, the targets), ``recipe.json`` (every
-run), ``runs.jsonl`` (each run as it finishes) and plots to ``--out``.
+cores about 1 hour of pretraining and 20 minutes per adapted model and seed). Writes
+``recipe.md`` (mean ± std over seeds, the targets, per-pair accuracy), ``recipe.json``
+(every run), ``runs.jsonl`` (each run as it finishes) and plots to ``--out``.
 
     python benchmarks/recipe.py --seeds 0 1 2 --out recipe_output
     python benchmarks/recipe.py --report-only --out recipe_output   # again, or a cut-short sweep
