@@ -249,3 +249,19 @@ def test_recipe_pairs_table_averages_each_pair_over_seeds():
     assert table[0].startswith("| model | orbiting_clockwise / orbiting_anticlockwise | hue_")
     assert table[2:] == ["| TSM | 75 | 50 | 50 | 25 |"]
     assert pairs_table(runs[2:], DemoSettings()) == ""
+
+
+def test_recipe_refuses_matched_baselines_without_their_adafuse_run(tmp_path):
+    """Random / Threshold λ=x take AdaFuse λ=x's mix: skipping only that run is an error
+    (before any work), as is an unknown model name."""
+    script = str(ROOT / "benchmarks" / "recipe.py")
+    for skipped, message in (
+        (["AdaFuse λ=0.1"], "Random λ=0.1 and Threshold λ=0.1 are matched to AdaFuse λ=0.1"),
+        (["Random"], "--skip-models: unknown ['Random']"),
+    ):
+        command = [sys.executable, script, "--lambdas", "0.05", "0.1", "--out", str(tmp_path)]
+        done = subprocess.run(
+            [*command, "--skip-models", *skipped], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "runs.jsonl").exists()
