@@ -150,7 +150,7 @@ def plot(
     rows: list[dict],
     path: Path,
     title: str = "Policy ablation on generated videos (ResNet-18)",
-    sweeps: Mapping[str, Sequence[str]] = {},
+    sweeps: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
     """Top-1 against GFLOPs per clip, error bars = std over seeds. Each of ``sweeps``
     (legend label -> model names, e.g. one method over lambdas) is drawn in one colour,
@@ -159,6 +159,7 @@ def plot(
 
     figure = new_figure(6.8, 4.8)
     ax = figure.add_subplot()
+    sweeps = sweeps or {}
     swept = {name for names in sweeps.values() for name in names}
     groups = [(label, [r for r in rows if r["model"] in names]) for label, names in sweeps.items()]
     groups += [(r["model"], [r]) for r in rows if r["model"] not in swept]

@@ -97,14 +97,12 @@ def retest(
     accuracy added, after checking that top-1 and within-pair accuracy reproduce. Random
     runs are kept as recorded: their test decisions are new draws each time (a retest of
     Random λ=0.05, seed 0, motion gave 37.5 % against the recorded 40.5 %)."""
-    again = []
+    again, fixed = [], (*PRETRAINED, *adapted(lambdas))
     for r in tqdm(results, desc="retest", unit="run"):
         if r["policy"] == "random":
             again.append(r)
             continue
-        variants = {
-            v.name: v for v in (*PRETRAINED, *adapted(lambdas), *matched(results, r["seed"]))
-        }
+        variants = {v.name: v for v in (*fixed, *matched(results, r["seed"]))}
         if r["model"] not in variants:
             raise SystemExit(f"--retest: {r['model']!r} is not a model of the recipe")
         seeded = dataclasses.replace(settings, seed=r["seed"])

@@ -303,6 +303,8 @@ def _progress_hook(bar: Any, name: str) -> Any:
 
 def _result(variant: Variant, metrics: dict, params: int, seconds: dict) -> dict:
     """One row of the report from ``AdaFuseMetric``'s metrics (prefix ``acc/``)."""
+    from ..mmaction.metric import PAIR_KEY
+
     m = {k.removeprefix("acc/"): float(v) for k, v in metrics.items()}
     blocks: dict[str, dict[str, float]] = {}
     for key, value in m.items():
@@ -318,11 +320,7 @@ def _result(variant: Variant, metrics: dict, params: int, seconds: dict) -> dict
         "top5": m["top5"],
         "within_pair": m.get("within_pair"),
         # per pair of classes (2k, 2k + 1), keyed by k
-        "pairs": {
-            key.removeprefix("within_pair/pair"): value
-            for key, value in m.items()
-            if key.startswith("within_pair/pair")
-        },
+        "pairs": {k.removeprefix(PAIR_KEY): v for k, v in m.items() if k.startswith(PAIR_KEY)},
         "dense_gflops": dense,
         "adaptive_gflops": adaptive,
         "upb_gflops": m["gflops_upb"],
@@ -332,6 +330,34 @@ def _result(variant: Variant, metrics: dict, params: int, seconds: dict) -> dict
         "params": params,
         **seconds,
     }
+
+
+def _runner(
+    variant: Variant,
+    settings: DemoSettings,
+    data_root: Path,
+    work_dir: Path,
+    load_from: Path | None,
+) -> Any:
+    """mmengine's Runner for one demo model on the dataset at ``data_root``."""
+    from ..mmaction.runner import build_runner
+
+    data = read_video_folder(data_root)
+    cfg = build_config(
+        variant, settings, data_root, work_dir, data.num_classes, load_from, data.paired_classes
+    )
+    if load_from is not None:
+        cfg.load_from = str(load_from)  # also for a model trained from scratch
+    return build_runner(cfg)
+
+
+def _tested(variant: Variant, runner: Any, seconds: dict, checkpoint: Path) -> dict:
+    """Test ``runner``'s model: its report row, with ``seconds`` and the weights tested."""
+    start = time.perf_counter()
+    metrics = runner.test()
+    seconds = dict(seconds, test_seconds=time.perf_counter() - start)
+    params = sum(p.numel() for p in runner.model.parameters())
+    return dict(_result(variant, metrics, params, seconds), checkpoint=str(checkpoint))
 
 
 def train_and_test(
@@ -346,23 +372,13 @@ def train_and_test(
 
     The result's ``checkpoint`` is the trained weights (for variants adapting this one).
     """
-    from ..mmaction.runner import build_runner
-
-    data = read_video_folder(data_root)
-    cfg = build_config(
-        variant, settings, data_root, work_dir, data.num_classes, load_from, data.paired_classes
-    )
-    runner = build_runner(cfg)
+    runner = _runner(variant, settings, data_root, work_dir, load_from)
     runner.register_hook(_progress_hook(bar, variant.name))
     start = time.perf_counter()
     runner.train()
-    trained = time.perf_counter()
-    metrics = runner.test()
-    tested = time.perf_counter()
-    params = sum(p.numel() for p in runner.model.parameters())
-    seconds = {"train_seconds": trained - start, "test_seconds": tested - trained}
+    seconds = {"train_seconds": time.perf_counter() - start}
     checkpoint = Path(runner.work_dir) / f"epoch_{runner.max_epochs}.pth"
-    return dict(_result(variant, metrics, params, seconds), checkpoint=str(checkpoint))
+    return _tested(variant, runner, seconds, checkpoint)
 
 
 def evaluate_checkpoint(
@@ -371,19 +387,8 @@ def evaluate_checkpoint(
     """Test trained weights of ``variant`` again, as `train_and_test` tested them after
     training (same config, seed and metric): to check a recorded result or to add a
     metric reported since."""
-    from ..mmaction.runner import build_runner
-
-    data = read_video_folder(data_root)
-    cfg = build_config(
-        variant, settings, data_root, work_dir, data.num_classes, checkpoint, data.paired_classes
-    )
-    cfg.load_from = str(checkpoint)  # also for a model trained from scratch
-    runner = build_runner(cfg)
-    start = time.perf_counter()
-    metrics = runner.test()
-    params = sum(p.numel() for p in runner.model.parameters())
-    seconds = {"test_seconds": time.perf_counter() - start}
-    return dict(_result(variant, metrics, params, seconds), checkpoint=str(checkpoint))
+    runner = _runner(variant, settings, data_root, work_dir, checkpoint)
+    return _tested(variant, runner, {}, checkpoint)
 
 
 def format_table(results: list[dict]) -> str:

@@ -12,6 +12,9 @@ from ..errors import AdaFuseConfigError
 from ..flops import DecisionCounts
 from .recognizer import COUNTS_FIELD, REPORT_FIELD, report_from_counts
 
+#: Metric key prefix of one pair's within-pair accuracy (``within_pair/pair<k>``).
+PAIR_KEY = "within_pair/pair"
+
 
 def within_pair_accuracy(scores: Sequence[Sequence[float]], labels: Sequence[int]) -> float:
     """Share of clips whose class ``l`` scores above its time-reversed partner ``l ^ 1``."""
@@ -81,7 +84,7 @@ class AdaFuseMetric(AccMetric):
             scores, labels = [r["pred"]["item"] for r in results], [r["label"] for r in results]
             metrics["within_pair"] = within_pair_accuracy(scores, labels)
             for pair, accuracy in per_pair_accuracy(scores, labels).items():
-                metrics[f"within_pair/pair{pair}"] = accuracy
+                metrics[f"{PAIR_KEY}{pair}"] = accuracy
         counts = DecisionCounts()
         for result in results:
             for name, tally in result[COUNTS_FIELD].blocks.items():
