@@ -95,10 +95,11 @@ def install_schedules(
 
 #: ``--paths``: which of the runner's selection paths are on (the leads, one at a time).
 PATHS: dict[str, dict[str, object]] = {
-    "oneDNN": {"gemm": False, "bucket_channels": 1},
-    "+bucket": {"gemm": False, "bucket_channels": 16},
-    "+gemm": {"gemm": True, "bucket_channels": 1},
-    "all": {"gemm": True, "bucket_channels": 16},
+    "oneDNN": {"gemm": False, "bucket_channels": 1, "direct": False},
+    "+bucket": {"gemm": False, "bucket_channels": 16, "direct": False},
+    "+gemm": {"gemm": True, "bucket_channels": 1, "direct": False},
+    "+direct": {"gemm": False, "bucket_channels": 1, "direct": True},
+    "all": {"gemm": True, "bucket_channels": 16, "direct": True},
 }
 
 
@@ -244,7 +245,7 @@ def mode_shares(runner: StreamingRunner) -> str:
     """Share of first/second conv runs per execution mode, warm-up included."""
     counts = runner.execution_modes()
     total = sum(counts.values()) or 1
-    modes = ("packed", "per-group", "pack-now", "gemm", "dense")
+    modes = ("packed", "per-group", "pack-now", "gemm", "direct", "dense")
     return " / ".join(f"{counts.get(mode, 0) / total:.0%}" for mode in modes)
 
 
@@ -257,7 +258,7 @@ def report(variants: list[Variant], name: str) -> str:
         "",
         "| variant | Eq. 5 FLOPs | executed FLOPs | ideal speedup | median ms/frame "
         "| measured speedup | measured / ideal | vs dense eager | conv runs: packed / "
-        "per-group / pack-now / gemm / dense |",
+        "per-group / pack-now / gemm / direct / dense |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in variants:
@@ -340,7 +341,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["all"],
         choices=tuple(PATHS),
         help="selection paths on (one variant each): oneDNN only, + rounded-up channel "
-        "counts, + matrix products, all",
+        "counts, + matrix products, + the compiled direct conv, all",
     )
     parser.add_argument(
         "--cache-size",

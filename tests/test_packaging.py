@@ -1,5 +1,6 @@
-"""The wheel `pip install .` builds holds the package, its subpackages and the shipped configs
-(so `adafuse demo` and `adafuse train` on a shipped config work from a plain install)."""
+"""The wheel `pip install .` builds holds the package, its subpackages, the shipped configs
+(so `adafuse demo` and `adafuse train` on a shipped config work from a plain install) and
+the streaming kernel's C++ source (built on first use)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def test_wheel_contents(tmp_path):
     )
     for package in ("demo", "demo/videos", "streaming", "mmaction"):
         assert f"adafuse_plugin/{package}/__init__.py" in names
+    assert "adafuse_plugin/streaming/_direct.cpp" in names  # the kernel is built from it
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "docs/"))]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "adafuse = adafuse_plugin.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

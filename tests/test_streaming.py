@@ -241,14 +241,16 @@ def test_reset_starts_a_new_video():
 
 
 def _conv_macs(runner: StreamingRunner, clip: torch.Tensor) -> float:
-    """Multiply-adds of every convolution and matrix product the runner dispatches for a
-    clip, less those of the policy networks (two linear layers per block and frame)."""
+    """Multiply-adds of every convolution, matrix product and compiled subset conv the
+    runner dispatches for a clip, less those of the policy networks (two linear layers per
+    block and frame)."""
     runner.step(clip[0])  # the first frame of a size runs the fvcore audit: not counted
     runner.reset()
     with FlopCounterMode(display=False) as counter:
         runner.run(clip)
     counts = counter.get_flop_counts()["Global"]
-    macs = sum(n for op, n in counts.items() if "convolution" in str(op) or "mm" in str(op)) / 2
+    kinds = ("convolution", "mm", "adafuse_direct")  # the last: the compiled kernels
+    macs = sum(n for op, n in counts.items() if any(kind in str(op) for kind in kinds)) / 2
     nets = [gate.policy_net for _, gate in af.iter_gates(runner._reference)]
     policy = sum(
         net.fc1.in_features * net.fc1.out_features + net.fc2.in_features * net.fc2.out_features
@@ -268,7 +270,7 @@ def _always(mode: str):
     return choose
 
 
-@pytest.mark.parametrize("mode", [None, "gemm", "pack-now"])
+@pytest.mark.parametrize("mode", [None, "gemm", "direct", "pack-now"])
 def test_executed_work_cross_checked_by_flop_counter(mode, monkeypatch):
     """torch's dispatch-level FlopCounterMode sees what the eager backend really runs:
     the work saved against the dense runner equals the runner's own counters, whichever

@@ -26,13 +26,16 @@ selection when there is one (packed when the selection recurs, so a stable polic
 packing once and per-frame random decisions almost never do); otherwise by one call per
 channel group with weights packed per group (coarse granularity; outputs concatenated,
 inputs accumulated in place by oneDNN's fused add), by packing the gathered weight now,
-or by the dense conv with the unused channels discarded, whichever online timings say
-is fastest for that conv (``dense_fallback="timed"``). Activations are channels_last
-from the stem on. See docs/online-inference.md for measurements.
+by matrix products, by a small compiled kernel that reads the subset's weight rows in
+place (built for the machine on first use), or by the dense conv with the unused
+channels discarded, whichever online timings say is fastest for that conv
+(``dense_fallback="timed"``). Activations are channels_last from the stem on. See
+docs/online-inference.md for measurements.
 """
 
 from ..adapters import streaming_block_classes as supported_streaming_blocks
 from ..errors import AdaFuseStreamingError
+from ._direct import status as kernel_status
 from ._selection import DENSE_FALLBACKS
 from .plans import StreamingPlan
 from .runner import STREAMING_POLICIES, ExecutedFlops, StreamingRunner, StreamingStep
@@ -45,5 +48,6 @@ __all__ = [
     "StreamingPlan",
     "StreamingRunner",
     "StreamingStep",
+    "kernel_status",
     "supported_streaming_blocks",
 ]

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..adapters import qualified_name
 from ..errors import AdaFuseStreamingError
-from . import _onednn
+from . import _direct, _onednn
 
 CHANNELS_LAST = torch.channels_last
 
@@ -124,6 +124,8 @@ class _Conv:
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}
         self._input_major: torch.Tensor | None = None
         self._output_major: torch.Tensor | None = None
+        self._direct_blocks: torch.Tensor | None = None
+        self._every_input = torch.arange(weight.shape[1], device=weight.device)
 
     @classmethod
     def fold(cls, conv: Any, norm: Any, backend: str) -> _Conv:
@@ -230,6 +232,21 @@ class _Conv:
             self._output_major = weight.contiguous()
         return self._output_major
 
+    def _padded_grid(self, pieces: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The pieces side by side along channels, NHWC, zero-padded by the conv's padding,
+        plus one spare zero row (the shifted views of `gemm`'s last taps run past the
+        last row): each piece copied once, never concatenated first."""
+        n, _, height, width = pieces[0].shape
+        channels = sum(piece.shape[1] for piece in pieces)
+        pad_h, pad_w = self.padding
+        grid = pieces[0].new_zeros(n, height + 2 * pad_h + 1, width + 2 * pad_w, channels)
+        inner = grid[:, pad_h : pad_h + height, pad_w : pad_w + width]
+        offset = 0
+        for piece in pieces:
+            inner[..., offset : offset + piece.shape[1]] = piece.permute(0, 2, 3, 1)
+            offset += piece.shape[1]
+        return grid
+
     def gemm(
         self,
         x: torch.Tensor | Sequence[torch.Tensor],
@@ -264,13 +281,7 @@ class _Conv:
             y = torch.addmm(bias, rows, weight).view(n, out_h, out_w, -1)
         else:
             padded_w = width + 2 * pad_w
-            # One spare row: the shifted views of the last taps run past the last row.
-            grid = pieces[0].new_zeros(n, height + 2 * pad_h + 1, padded_w, channels)
-            inner = grid[:, pad_h : pad_h + height, pad_w : pad_w + width]
-            offset = 0
-            for piece in pieces:
-                inner[..., offset : offset + piece.shape[1]] = piece.permute(0, 2, 3, 1)
-                offset += piece.shape[1]
+            grid = self._padded_grid(pieces)
             if n == 1 and stride_h == stride_w == 1 and out_h * out_w > _SHIFTED_MIN_PIXELS:
                 # Output pixel (i, j) of tap (dy, dx) reads flat row (i + dy) * padded_w +
                 # j + dx: a contiguous run per tap; the columns j >= out_w are discarded.
@@ -299,3 +310,76 @@ class _Conv:
         else:
             y = act(y)
         return y.permute(0, 3, 1, 2)
+
+    # -- the compiled direct conv: reads a subset's weight rows in place --------------
+    @property
+    def direct_supported(self) -> bool:
+        """Whether `direct` can run this conv (dense, not dilated, float32 on the CPU)."""
+        weight = self.weight
+        return self.gemm_supported and weight.device.type == "cpu" and weight.dtype == torch.float32
+
+    def _blocks(self) -> torch.Tensor:
+        """Every output channel as `_direct.subset_conv`'s weight blocks, laid out once."""
+        if self._direct_blocks is None:
+            every = torch.arange(self.out_channels)
+            self._direct_blocks = _direct.pack_blocks(self._taps_output_major(), every)
+        return self._direct_blocks
+
+    def _taps_output_major(self) -> torch.Tensor:
+        """The output-major layout viewed as (C_out, kh * kw, C_in)."""
+        in_channels = self.weight.shape[1]
+        return self._rows_output_major().view(self.out_channels, -1, in_channels)
+
+    def direct(
+        self,
+        sources: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+        act: _Act = _IDENTITY,
+        add: torch.Tensor | None = None,
+        *,
+        outputs: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`gemm`'s contract, run by the compiled kernels on ``sources`` (channels-last
+        tensors, each with the positions of its channels taking part, or None for all,
+        gathered straight into the padded grid): act(conv(x) + bias + add) for the output
+        channels ``outputs`` only, or with x holding only the input channels ``inputs``
+        (their weight rows read in place from the blocks laid out once)."""
+        grid = _direct.gather_grid(sources, (self.padding[0], self.padding[1]))
+        out_h, out_w = self.output_shape(sources[0][0].shape)[2:]
+        kernel = (self.weight.shape[2], self.weight.shape[3])
+        stride = (self.stride[0], self.stride[1])
+        relu = act.attr == "relu"
+        if outputs is not None and add is None and len(outputs) > out_h * out_w:
+            # Fewer pixels than selected channels: read the weight rows in place.
+            y = _direct.subset_conv_outputs(
+                grid,
+                self._rows_output_major(),
+                outputs,
+                self.bias,
+                (out_h, out_w),
+                stride,
+                kernel,
+                relu,
+            )
+            return (y if relu else act(y)).permute(0, 3, 1, 2)
+        if outputs is not None:
+            weight = _direct.pack_blocks(self._taps_output_major(), outputs)
+            bias, out_channels = self.bias.index_select(0, outputs), len(outputs)
+        else:
+            weight, bias, out_channels = self._blocks(), self.bias, self.out_channels
+        if inputs is None:
+            inputs = self._every_input
+        add_nhwc = add.permute(0, 2, 3, 1).contiguous() if add is not None else None
+        y = _direct.subset_conv(
+            grid,
+            inputs,
+            weight,
+            bias,
+            add_nhwc,
+            (out_h, out_w),
+            stride,
+            kernel,
+            out_channels,
+            relu,
+        )
+        return (y if relu else act(y)).permute(0, 3, 1, 2)

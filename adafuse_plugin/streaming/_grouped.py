@@ -9,9 +9,11 @@ import time
 import numpy as np
 import torch
 
+from . import _direct
 from ._conv import _IDENTITY, CHANNELS_LAST, _Act, _Conv
 from ._selection import (
     _DENSE,
+    _DIRECT,
     _GEMM,
     _PACK_NOW,
     _PACKED,
@@ -40,12 +42,18 @@ class _Part:
     wanted: np.ndarray
     zero: bool = False
 
+    def positions(self, size: int) -> torch.Tensor | None:
+        """Where the wanted groups' channels lie in ``tensor`` (None: all of it, in order)."""
+        if len(self.wanted) == len(self.held):
+            return None
+        positions = np.searchsorted(self.held, self.wanted)
+        return _channel_index(positions, size, self.tensor.device)
+
     def take(self, size: int) -> torch.Tensor:
         """The wanted groups' channels, in order."""
-        if len(self.wanted) == len(self.held):
+        index = self.positions(size)
+        if index is None:
             return self.tensor
-        positions = np.searchsorted(self.held, self.wanted)
-        index = _channel_index(positions, size, self.tensor.device)
         # On the NHWC view: twice as fast as index_select(1) on channels-last data.
         return self.tensor.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
 
@@ -72,11 +80,12 @@ class _GroupedConv:
     group of ``size`` channels.
 
     A selection runs with its cached packed weight when it has one, and is packed (and
-    cached) when it recurs within a few calls. Any other selection runs one of four
+    cached) when it recurs within a few calls. Any other selection runs one of five
     ways: one call per group (weights packed per group once; coarse granularity only),
     its gathered weight packed now (with ``dense_fallback="timed"``, its channel count
     rounded up to a multiple of ``bucket_channels`` so that oneDNN's primitive cache
-    hits), matrix products (`_Conv.gemm`: no primitive, no reorder), or the dense conv
+    hits), matrix products (`_Conv.gemm`: no primitive, no reorder), the compiled kernel
+    (`_Conv.direct`: weight rows read in place), or the dense conv
     with the unused channels discarded (``"timed"`` only). On CPU the fastest allowed
     way is picked per conv from online timings (`_ModeTimer`); ``"never"`` executes
     exactly Eq. 5's channels, ``"always"`` runs every partial selection densely. Both
@@ -93,6 +102,7 @@ class _GroupedConv:
         )
         on_cpu = conv.weight.device.type == "cpu"
         self._gemm_allowed = tuning.gemm and on_cpu and conv.gemm_supported
+        self._direct_allowed = tuning.direct and conv.direct_supported and _direct.available()
         bucket = tuning.bucket_channels
         self._bucket_groups = (
             bucket // size
@@ -129,6 +139,8 @@ class _GroupedConv:
             modes.append(_PER_GROUP)
         if self._gemm_allowed:
             modes.append(_GEMM)
+        if self._direct_allowed:
+            modes.append(_DIRECT)
         if self.tuning.dense_fallback == "timed":
             modes.append(_DENSE)
         return tuple(modes)
@@ -199,6 +211,9 @@ class _GroupedConv:
         elif run.mode == _GEMM:
             index = _channel_index(order, self.size, x.device)
             y, held = self.conv.gemm(x, act, outputs=index), order
+        elif run.mode == _DIRECT:
+            index = _channel_index(order, self.size, x.device)
+            y, held = self.conv.direct([(x, None)], act, outputs=index), order
         else:
             y, held = self.conv(x, act), np.arange(self.groups)
         self._timed(run.mode, len(order), start)
@@ -250,6 +265,10 @@ class _GroupedConv:
             out, executed = self.conv(self._dense_input(parts), act, add), self.channels
         elif run.mode == _PER_GROUP:
             out = self._per_group_inputs(parts, act, add)
+        elif run.mode == _DIRECT:  # the parts' channels gathered straight into the grid
+            index = _channel_index(order, self.size, parts[0].tensor.device)
+            sources = [(p.tensor, p.positions(self.size)) for p in parts]
+            out = self.conv.direct(sources, act, add, inputs=index)
         else:
             taken = [p.take(self.size) for p in parts]
             if run.conv is None:  # _GEMM: the parts are copied side by side once, padded

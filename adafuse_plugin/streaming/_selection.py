@@ -45,8 +45,10 @@ class _SelectionCache:
 
 
 #: Ways to run a channel selection: its cached packed weight, one call per group, its
-#: gathered weight packed now, matrix products (`_Conv.gemm`), the dense conv.
-_PACKED, _PER_GROUP, _PACK_NOW, _GEMM, _DENSE = "packed", "per-group", "pack-now", "gemm", "dense"
+#: gathered weight packed now, matrix products (`_Conv.gemm`), the compiled kernel
+#: (`_Conv.direct`), the dense conv.
+_PACKED, _PER_GROUP, _PACK_NOW = "packed", "per-group", "pack-now"
+_GEMM, _DIRECT, _DENSE = "gemm", "direct", "dense"
 #: ``dense_fallback`` values: choose by online timings / exactly Eq. 5 / always dense.
 DenseFallback = Literal["timed", "never", "always"]
 DENSE_FALLBACKS: tuple[str, ...] = get_args(DenseFallback)
@@ -62,6 +64,7 @@ class _Tuning:
     dense_fallback: DenseFallback
     gemm: bool
     bucket_channels: int
+    direct: bool
 
 
 class _ModeTimer:

@@ -131,6 +131,11 @@ class StreamingRunner:
             channel count rounded up to a multiple of this (extra output channels are
             computed and discarded, extra inputs are zeros), so the few counts that occur
             reuse oneDNN's cached primitives; 1 turns it off.
+        direct: allow the compiled direct conv (CPU, float32): weights laid out once in
+            blocks of 64 output channels, an input-channel subset read in place, an
+            output-channel subset packed per call. Built for this machine on first use
+            (``adafuse_plugin.streaming.kernel_status()``); without a C++ compiler the
+            runner goes on without it.
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class StreamingRunner:
         dense_fallback: DenseFallback = "timed",
         gemm: bool = True,
         bucket_channels: int = 16,
+        direct: bool = True,
     ) -> None:
         if dense_fallback not in DENSE_FALLBACKS:
             raise AdaFuseStreamingError(
@@ -188,7 +194,13 @@ class StreamingRunner:
         self._reference = copy.deepcopy(model)
         self._model = copy.deepcopy(model)
         tuning = _Tuning(
-            max_group_calls, min_group_channels, cache_size, dense_fallback, gemm, bucket_channels
+            max_group_calls,
+            min_group_channels,
+            cache_size,
+            dense_fallback,
+            gemm,
+            bucket_channels,
+            direct,
         )
         self._blocks = self._convert(self._model, tuning)
         _pack_dense_parts(self._model, self.backend)
@@ -344,7 +356,7 @@ class StreamingRunner:
     def execution_modes(self) -> dict[str, int]:
         """How many first / second conv runs (of partial or full selections) took each
         way since the runner was built: ``packed`` (a weight packed for the selection,
-        cached or full), ``per-group``, ``pack-now``, ``gemm``, ``dense``."""
+        cached or full), ``per-group``, ``pack-now``, ``gemm``, ``direct``, ``dense``."""
         counts: collections.Counter[str] = collections.Counter()
         for block in self._blocks.values():
             for conv in (block.first, block.second):

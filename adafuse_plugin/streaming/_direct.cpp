@@ -1,0 +1,424 @@
+// Direct convolution over a channel subset, float32, channels-last: the streaming runner's
+// "direct" mode (see _direct.py). A per-frame channel selection needs no weight copy and
+// no per-shape compile here: the weight is laid out once in blocks of 64 output channels,
+// each block input-major ([block][tap][input channel][64]), so an input-channel subset is
+// a list of contiguous 256-byte rows read in place, and an output-channel subset is a few
+// blocks packed for the call (`pack_blocks`). Written with GCC/Clang vector extensions:
+// the compiler emits AVX-512, AVX2 or NEON code for the machine it builds on.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+typedef float vec __attribute__((vector_size(64)));
+typedef float vec_unaligned __attribute__((vector_size(64), aligned(4)));
+constexpr int64_t kLanes = 16;  // floats per vector
+constexpr int64_t kBlock = 64;  // output channels per weight block (4 vectors)
+
+inline vec load(const float* p) { return *reinterpret_cast<const vec_unaligned*>(p); }
+inline void store(float* p, vec v) { *reinterpret_cast<vec_unaligned*>(p) = v; }
+
+// What every tile of one call shares.
+struct Call {
+  const float* grid;      // [N][Hp][Wp][S], zero-padded input holding the S channels used
+  const int64_t* rows;    // [S]: the weight's input channel of each grid channel
+  const float* weight;    // [blocks][taps][C_in][64]
+  const float* bias;      // [C_out]
+  const float* add;       // [N][P][C_out] or null
+  float* out;             // [N][P][C_out]
+  const int64_t* offsets; // [taps]: grid offset of each kernel tap
+  int64_t S, Hp, Wp, C_in, C_out, out_w, P, stride_h, stride_w, taps;
+  bool relu;
+};
+
+// Accumulators per tile: 24 of the 32 vector registers (AVX-512), the rest hold weights.
+constexpr int kAccumulators = 24;
+
+// Output pixels q .. q + NP - 1 of image n (NP = 24 / NV: narrow blocks take more pixels,
+// so each weight row loaded serves as many multiply-adds), output channels
+// [64 * block, + 16 * NV). Pixels past the last one repeat it and are not stored.
+template <int NV>
+void tile(const Call& c, int64_t n, int64_t block, int64_t q) {
+  constexpr int NP = kAccumulators / NV;
+  const float* base[NP];
+  for (int p = 0; p < NP; ++p) {
+    const int64_t at = std::min(q + p, c.P - 1);
+    const int64_t oh = at / c.out_w, ow = at % c.out_w;
+    base[p] = c.grid + ((n * c.Hp + oh * c.stride_h) * c.Wp + ow * c.stride_w) * c.S;
+  }
+  const int64_t first = block * kBlock;
+  const int64_t valid = std::min(kBlock, c.C_out - first);
+  vec acc[NP][NV];
+  for (int v = 0; v < NV; ++v) {
+    vec b = {};
+    const int64_t lanes = std::min(kLanes, valid - v * kLanes);
+    for (int64_t l = 0; l < lanes; ++l) b[l] = c.bias[first + v * kLanes + l];
+    for (int p = 0; p < NP; ++p) acc[p][v] = b;
+  }
+  const float* weight = c.weight + block * c.taps * c.C_in * kBlock;
+  for (int64_t t = 0; t < c.taps; ++t) {
+    const float* taps_weight = weight + t * c.C_in * kBlock;
+    const float* x[NP];
+    for (int p = 0; p < NP; ++p) x[p] = base[p] + c.offsets[t];
+    for (int64_t j = 0; j < c.S; ++j) {
+      const float* row = taps_weight + c.rows[j] * kBlock;
+      vec w[NV];
+      for (int v = 0; v < NV; ++v) w[v] = load(row + v * kLanes);
+      for (int p = 0; p < NP; ++p) {
+        const float s = x[p][j];
+        for (int v = 0; v < NV; ++v) acc[p][v] += s * w[v];
+      }
+    }
+  }
+  const int pixels = static_cast<int>(std::min<int64_t>(NP, c.P - q));
+  for (int p = 0; p < pixels; ++p) {
+    const int64_t at = (n * c.P + q + p) * c.C_out + first;
+    for (int v = 0; v < NV; ++v) {
+      const int64_t lanes = std::min(kLanes, valid - v * kLanes);
+      float* dst = c.out + at + v * kLanes;
+      const float* other = c.add ? c.add + at + v * kLanes : nullptr;
+      vec y = acc[p][v];
+      if (lanes == kLanes) {
+        if (other) y += load(other);
+        if (c.relu) {
+          const vec zero = {};
+          y = y > zero ? y : zero;
+        }
+        store(dst, y);
+      } else {  // the last channels of a count that is not a multiple of 16
+        for (int64_t l = 0; l < lanes; ++l) {
+          float value = y[l] + (other ? other[l] : 0.f);
+          dst[l] = c.relu && value < 0 ? 0.f : value;
+        }
+      }
+    }
+  }
+}
+
+// Vectors (of 16 channels) in output block ``block``.
+int block_vectors(const Call& c, int64_t block) {
+  const int64_t valid = std::min(kBlock, c.C_out - block * kBlock);
+  return static_cast<int>((valid + kLanes - 1) / kLanes);
+}
+
+void run_tile(const Call& c, int64_t n, int64_t block, int64_t q) {
+  switch (block_vectors(c, block)) {
+    case 1: return tile<1>(c, n, block, q);
+    case 2: return tile<2>(c, n, block, q);
+    case 3: return tile<3>(c, n, block, q);
+    default: return tile<4>(c, n, block, q);
+  }
+}
+
+at::Tensor subset_conv(const at::Tensor& grid, const at::Tensor& rows, const at::Tensor& weight,
+                       const at::Tensor& bias, const std::optional<at::Tensor>& add,
+                       int64_t out_h, int64_t out_w, int64_t stride_h, int64_t stride_w,
+                       int64_t kernel_h, int64_t kernel_w, int64_t out_channels, bool relu) {
+  TORCH_CHECK(grid.dim() == 4 && grid.is_contiguous() && grid.scalar_type() == at::kFloat,
+              "grid: a contiguous float32 [N, Hp, Wp, S] tensor");
+  TORCH_CHECK(weight.dim() == 4 && weight.is_contiguous() && weight.size(3) == kBlock &&
+                  weight.size(1) == kernel_h * kernel_w && weight.scalar_type() == at::kFloat,
+              "weight: a contiguous float32 [blocks, taps, C_in, 64] tensor");
+  TORCH_CHECK(weight.size(0) * kBlock >= out_channels, "weight has too few output blocks");
+  TORCH_CHECK(rows.dim() == 1 && rows.size(0) == grid.size(3) && rows.is_contiguous() &&
+                  rows.scalar_type() == at::kLong,
+              "rows: one int64 weight row per grid channel");
+  TORCH_CHECK(bias.is_contiguous() && bias.numel() >= out_channels &&
+                  bias.scalar_type() == at::kFloat,
+              "bias: a contiguous float32 vector with one value per output channel");
+  TORCH_CHECK((out_h - 1) * stride_h + kernel_h <= grid.size(1) &&
+                  (out_w - 1) * stride_w + kernel_w <= grid.size(2),
+              "the output size needs a larger padded grid");
+  const int64_t* row_data = rows.data_ptr<int64_t>();
+  for (int64_t j = 0; j < rows.numel(); ++j) {
+    TORCH_CHECK(row_data[j] >= 0 && row_data[j] < weight.size(2),
+                "rows out of the weight's input channels");
+  }
+  const int64_t N = grid.size(0), P = out_h * out_w;
+  auto out = at::empty({N, out_h, out_w, out_channels}, grid.options());
+  if (add) {
+    TORCH_CHECK(add->is_contiguous() && add->sizes() == out.sizes() &&
+                    add->scalar_type() == at::kFloat,
+                "add: a contiguous float32 [N, out_h, out_w, C_out] tensor");
+  }
+  std::vector<int64_t> offsets(kernel_h * kernel_w);
+  for (int64_t dy = 0; dy < kernel_h; ++dy)
+    for (int64_t dx = 0; dx < kernel_w; ++dx)
+      offsets[dy * kernel_w + dx] = (dy * grid.size(2) + dx) * grid.size(3);
+  const Call c{grid.data_ptr<float>(), rows.data_ptr<int64_t>(), weight.data_ptr<float>(),
+               bias.data_ptr<float>(), add ? add->data_ptr<float>() : nullptr,
+               out.data_ptr<float>(), offsets.data(), grid.size(3), grid.size(1),
+               grid.size(2), weight.size(2), out_channels, out_w, P, stride_h, stride_w,
+               kernel_h * kernel_w, relu};
+  const int64_t blocks = (out_channels + kBlock - 1) / kBlock;
+  // Work items (image, block, first pixel); the tiles of one block are neighbours, so a
+  // thread's chunk reuses one block's weights.
+  std::vector<std::array<int64_t, 3>> items;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t pixels = kAccumulators / block_vectors(c, block);
+      for (int64_t q = 0; q < P; q += pixels) items.push_back({n, block, q});
+    }
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) run_tile(c, items[i][0], items[i][1], items[i][2]);
+  });
+  return out;
+}
+
+// The rows ``outputs`` of an output-major weight [C_out][taps][C_in], as the blocks of 64
+// output channels `subset_conv` reads ([blocks][taps][C_in][64], zero beyond the last).
+at::Tensor pack_blocks(const at::Tensor& weight, const at::Tensor& outputs) {
+  TORCH_CHECK(weight.dim() == 3 && weight.is_contiguous() && weight.scalar_type() == at::kFloat,
+              "weight: a contiguous float32 [C_out, taps, C_in] tensor");
+  TORCH_CHECK(outputs.dim() == 1 && outputs.is_contiguous() &&
+                  outputs.scalar_type() == at::kLong,
+              "outputs: int64 output channels");
+  const int64_t count = outputs.numel(), inner = weight.size(1) * weight.size(2);
+  const int64_t blocks = (count + kBlock - 1) / kBlock;
+  const int64_t* index = outputs.data_ptr<int64_t>();
+  for (int64_t j = 0; j < count; ++j) {
+    TORCH_CHECK(index[j] >= 0 && index[j] < weight.size(0),
+                "outputs out of the weight's output channels");
+  }
+  auto packed = at::empty({blocks, weight.size(1), weight.size(2), kBlock}, weight.options());
+  const float* src = weight.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t lanes = std::min(kBlock, count - b * kBlock);
+      const int64_t* block_index = index + b * kBlock;
+      float* block = dst + b * inner * kBlock;
+      // 16 positions at a time: the 64 rows' runs of 16 floats (one cache line each)
+      // are copied into a tile, which is then written out along the block's rows.
+      constexpr int64_t kRun = 16;
+      float run[kBlock][kRun];
+      for (int64_t k0 = 0; k0 < inner; k0 += kRun) {
+        const int64_t width = std::min(kRun, inner - k0);
+        for (int64_t l = 0; l < lanes; ++l) {
+          const float* row = src + block_index[l] * inner + k0;
+          for (int64_t k = 0; k < width; ++k) run[l][k] = row[k];
+        }
+        for (int64_t l = lanes; l < kBlock; ++l)
+          for (int64_t k = 0; k < kRun; ++k) run[l][k] = 0.f;
+        for (int64_t k = 0; k < width; ++k) {
+          float* out_row = block + (k0 + k) * kBlock;
+          for (int64_t l = 0; l < kBlock; ++l) out_row[l] = run[l][k];
+        }
+      }
+    }
+  });
+  return packed;
+}
+
+
+// Output-channel subsets on small maps (fewer output pixels than selected channels): the
+// pixels are the vector lanes, so the weight is read in place, one output channel's
+// contiguous row of an output-major weight [C_out][taps * C_in] at a time, and only the
+// input is rearranged, as columns [taps * C_in][pixels] (smaller than the selected
+// weight there).
+template <int NR, int NV>
+void pixel_tile(const float* columns, int64_t K, int64_t Ppad, const float* const* rows,
+                int64_t p0, float (*acc_out)[4 * kLanes]) {
+  vec acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vec{};
+  for (int64_t k = 0; k < K; ++k) {
+    vec x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = load(columns + k * Ppad + p0 + v * kLanes);
+    for (int r = 0; r < NR; ++r) {
+      const float s = rows[r][k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += s * x[v];
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) store(acc_out[r] + v * kLanes, acc[r][v]);
+}
+
+template <int NR>
+void pixel_tile_vectors(int vectors, const float* columns, int64_t K, int64_t Ppad,
+                        const float* const* rows, int64_t p0, float (*acc)[4 * kLanes]) {
+  switch (vectors) {
+    case 1: return pixel_tile<NR, 1>(columns, K, Ppad, rows, p0, acc);
+    case 2: return pixel_tile<NR, 2>(columns, K, Ppad, rows, p0, acc);
+    case 3: return pixel_tile<NR, 3>(columns, K, Ppad, rows, p0, acc);
+    default: return pixel_tile<NR, 4>(columns, K, Ppad, rows, p0, acc);
+  }
+}
+
+at::Tensor subset_conv_outputs(const at::Tensor& grid, const at::Tensor& weight,
+                               const at::Tensor& outputs, const at::Tensor& bias,
+                               int64_t out_h, int64_t out_w, int64_t stride_h,
+                               int64_t stride_w, int64_t kernel_h, int64_t kernel_w,
+                               bool relu) {
+  TORCH_CHECK(grid.dim() == 4 && grid.is_contiguous() && grid.scalar_type() == at::kFloat,
+              "grid: a contiguous float32 [N, Hp, Wp, C_in] tensor");
+  const int64_t C_in = grid.size(3), taps = kernel_h * kernel_w, K = taps * C_in;
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.size(1) == K &&
+                  weight.scalar_type() == at::kFloat,
+              "weight: a contiguous float32 [C_out, taps * C_in] tensor");
+  TORCH_CHECK(outputs.dim() == 1 && outputs.is_contiguous() &&
+                  outputs.scalar_type() == at::kLong,
+              "outputs: int64 output channels");
+  TORCH_CHECK(bias.is_contiguous() && bias.numel() == weight.size(0) &&
+                  bias.scalar_type() == at::kFloat,
+              "bias: a contiguous float32 vector with one value per output channel");
+  TORCH_CHECK((out_h - 1) * stride_h + kernel_h <= grid.size(1) &&
+                  (out_w - 1) * stride_w + kernel_w <= grid.size(2),
+              "the output size needs a larger padded grid");
+  const int64_t count = outputs.numel();
+  const int64_t* index = outputs.data_ptr<int64_t>();
+  for (int64_t j = 0; j < count; ++j) {
+    TORCH_CHECK(index[j] >= 0 && index[j] < weight.size(0),
+                "outputs out of the weight's output channels");
+  }
+  const int64_t N = grid.size(0), P = out_h * out_w, Ppad = (P + kLanes - 1) / kLanes * kLanes;
+  const int64_t Hp = grid.size(1), Wp = grid.size(2);
+  auto out = at::empty({N, out_h, out_w, count}, grid.options());
+  auto columns = at::empty({N, K, Ppad}, grid.options());
+  const float* g = grid.data_ptr<float>();
+  float* col = columns.data_ptr<float>();
+  at::parallel_for(0, N * taps, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / taps, t = i % taps, dy = t / kernel_w, dx = t % kernel_w;
+      float* dst = col + (n * K + t * C_in) * Ppad;
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t oh = p / out_w, ow = p % out_w;
+        const float* src = g + ((n * Hp + oh * stride_h + dy) * Wp + ow * stride_w + dx) * C_in;
+        for (int64_t c = 0; c < C_in; ++c) dst[c * Ppad + p] = src[c];
+      }
+      for (int64_t c = 0; c < C_in; ++c)
+        for (int64_t p = P; p < Ppad; ++p) dst[c * Ppad + p] = 0.f;
+    }
+  });
+  constexpr int kRows = 6;  // output channels per tile: 6 x 4 accumulators
+  const int64_t row_tiles = (count + kRows - 1) / kRows;
+  const int64_t pixel_tiles = (Ppad + kBlock - 1) / kBlock;
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, N * row_tiles * pixel_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / (row_tiles * pixel_tiles);
+      const int64_t r0 = i / pixel_tiles % row_tiles * kRows, p0 = i % pixel_tiles * kBlock;
+      const int nr = static_cast<int>(std::min<int64_t>(kRows, count - r0));
+      const int vectors = static_cast<int>(std::min(kBlock, Ppad - p0) / kLanes);
+      const float* rows[kRows];
+      for (int r = 0; r < nr; ++r) rows[r] = w + index[r0 + r] * K;
+      float acc[kRows][4 * kLanes];
+      const float* cols = col + n * K * Ppad;
+      switch (nr) {
+        case 1: pixel_tile_vectors<1>(vectors, cols, K, Ppad, rows, p0, acc); break;
+        case 2: pixel_tile_vectors<2>(vectors, cols, K, Ppad, rows, p0, acc); break;
+        case 3: pixel_tile_vectors<3>(vectors, cols, K, Ppad, rows, p0, acc); break;
+        case 4: pixel_tile_vectors<4>(vectors, cols, K, Ppad, rows, p0, acc); break;
+        case 5: pixel_tile_vectors<5>(vectors, cols, K, Ppad, rows, p0, acc); break;
+        default: pixel_tile_vectors<kRows>(vectors, cols, K, Ppad, rows, p0, acc);
+      }
+      const int64_t last = std::min(P, p0 + vectors * kLanes);
+      for (int r = 0; r < nr; ++r) {
+        const float shift = b[index[r0 + r]];
+        for (int64_t p = p0; p < last; ++p) {
+          const float value = acc[r][p - p0] + shift;
+          o[(n * P + p) * count + r0 + r] = relu && value < 0 ? 0.f : value;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// The grid `subset_conv` reads: channels of NHWC ``sources`` side by side (all of a
+// source's channels, or those its index lists), zero-padded by (pad_h, pad_w); each value
+// written once.
+at::Tensor gather_grid(at::TensorList sources, at::TensorList indices, int64_t pad_h,
+                       int64_t pad_w) {
+  TORCH_CHECK(!sources.empty() && sources.size() == indices.size(),
+              "one index (empty: every channel) per source");
+  const at::Tensor& first = sources[0];
+  const int64_t N = first.size(0), H = first.size(1), W = first.size(2);
+  std::vector<const float*> data;
+  std::vector<const int64_t*> picks;
+  std::vector<int64_t> widths, counts;
+  int64_t channels = 0;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const at::Tensor& source = sources[i];
+    TORCH_CHECK(source.dim() == 4 && source.is_contiguous() &&
+                    source.scalar_type() == at::kFloat && source.size(0) == N &&
+                    source.size(1) == H && source.size(2) == W,
+                "sources: contiguous float32 [N, H, W, C] tensors of one size");
+    const at::Tensor& index = indices[i];
+    const int64_t width = source.size(3);
+    int64_t count = width;
+    const int64_t* pick = nullptr;
+    if (index.numel()) {
+      TORCH_CHECK(index.dim() == 1 && index.is_contiguous() && index.scalar_type() == at::kLong,
+                  "indices: int64 channel positions");
+      pick = index.data_ptr<int64_t>();
+      count = index.numel();
+      for (int64_t j = 0; j < count; ++j)
+        TORCH_CHECK(pick[j] >= 0 && pick[j] < width, "an index is out of its source's channels");
+    }
+    data.push_back(source.data_ptr<float>());
+    picks.push_back(pick);
+    widths.push_back(width);
+    counts.push_back(count);
+    channels += count;
+  }
+  const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
+  auto grid = at::empty({N, Hp, Wp, channels}, first.options());
+  float* g = grid.data_ptr<float>();
+  at::parallel_for(0, N * Hp, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / Hp, row = i % Hp, h = row - pad_h;
+      float* dst = g + i * Wp * channels;
+      if (h < 0 || h >= H) {
+        std::fill(dst, dst + Wp * channels, 0.f);
+        continue;
+      }
+      std::fill(dst, dst + pad_w * channels, 0.f);
+      std::fill(dst + (pad_w + W) * channels, dst + Wp * channels, 0.f);
+      for (int64_t w = 0; w < W; ++w) {
+        float* out = dst + (pad_w + w) * channels;
+        for (size_t s = 0; s < data.size(); ++s) {
+          const float* src = data[s] + ((n * H + h) * W + w) * widths[s];
+          if (picks[s]) {
+            for (int64_t j = 0; j < counts[s]; ++j) out[j] = src[picks[s][j]];
+          } else {
+            std::copy(src, src + counts[s], out);
+          }
+          out += counts[s];
+        }
+      }
+    }
+  });
+  return grid;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(adafuse_direct, m) {
+  m.def(
+      "subset_conv(Tensor grid, Tensor rows, Tensor weight, Tensor bias, Tensor? add, "
+      "int out_h, int out_w, int stride_h, int stride_w, int kernel_h, int kernel_w, "
+      "int out_channels, bool relu) -> Tensor");
+  m.def("pack_blocks(Tensor weight, Tensor outputs) -> Tensor");
+  m.def(
+      "gather_grid(Tensor[] sources, Tensor[] indices, int pad_h, int pad_w) -> Tensor");
+  m.def(
+      "subset_conv_outputs(Tensor grid, Tensor weight, Tensor outputs, Tensor bias, "
+      "int out_h, int out_w, int stride_h, int stride_w, int kernel_h, int kernel_w, "
+      "bool relu) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(adafuse_direct, CPU, m) {
+  m.impl("subset_conv", &subset_conv);
+  m.impl("pack_blocks", &pack_blocks);
+  m.impl("gather_grid", &gather_grid);
+  m.impl("subset_conv_outputs", &subset_conv_outputs);
+}
