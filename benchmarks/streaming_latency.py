@@ -176,13 +176,18 @@ def build_trained_variants(
     dense = af.patch_model(copy.deepcopy(base), num_segments=1, policy="keep").eval()
     engine = StreamingRunner(dense)
     variants = [Variant("dense eager", base), Variant("dense engine", engine.step, engine)]
+    config = af.get_config(trained)
     for fallback in args.dense_fallback:
-        runner = StreamingRunner(trained, dense_fallback=fallback, cache_size=args.cache_size)
-        config = af.get_config(trained)
-        label = f"trained {config.policy} g={config.granularity} ({work_dir.name})"
-        if len(args.dense_fallback) > 1:
-            label += f" {fallback}"
-        variants.append(Variant(label, runner.step, runner))
+        for paths in args.paths:
+            runner = StreamingRunner(
+                trained, dense_fallback=fallback, cache_size=args.cache_size, **PATHS[paths]
+            )
+            label = f"trained {config.policy} g={config.granularity} ({work_dir.name})"
+            if len(args.dense_fallback) > 1:
+                label += f" {fallback}"
+            if len(args.paths) > 1:
+                label += f" [{paths}]"
+            variants.append(Variant(label, runner.step, runner))
     preprocessor = recognizer.data_preprocessor
     return variants, preprocessor.mean.view(3, 1, 1), preprocessor.std.view(3, 1, 1)
 

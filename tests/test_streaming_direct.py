@@ -88,19 +88,20 @@ def test_direct_conv_matches_conv2d(c_in, c_out, k, stride, pad, size, share):
 
 
 def test_direct_conv_rejects_bad_arguments():
-    grid = torch.zeros(1, 6, 6, 4)
+    x = torch.zeros(1, 4, 4, 4)
     blocks = torch.zeros(1, 9, 8, 64)
     bias = torch.zeros(8)
+    geometry = ((1, 1), (1, 1), (3, 3))
     rows = torch.tensor([0, 1, 2, 9])  # 9: past the weight's 8 input channels
     with pytest.raises(RuntimeError, match="rows out of the weight's input channels"):
-        _direct.subset_conv(grid, rows, blocks, bias, None, (4, 4), (1, 1), (3, 3), 8, False)
-    with pytest.raises(RuntimeError, match="larger padded grid"):
-        _direct.subset_conv(grid, rows % 8, blocks, bias, None, (5, 5), (1, 1), (3, 3), 8, False)
+        _direct.subset_conv(x, rows, blocks, bias, None, (4, 4), geometry, 8, False)
+    with pytest.raises(RuntimeError, match="does not fit the padded input"):
+        _direct.subset_conv(x, rows % 8, blocks, bias, None, (5, 5), geometry, 8, False)
     weight = torch.zeros(8, 9, 4)
     with pytest.raises(RuntimeError, match="outputs out of the weight's output channels"):
         _direct.pack_blocks(weight, torch.tensor([8]))
     with pytest.raises(RuntimeError, match="out of its source's channels"):
-        _direct.gather_grid([(torch.zeros(1, 4, 3, 3), torch.tensor([4]))], (1, 1))
+        _direct.gather_channels([(torch.zeros(1, 4, 3, 3), torch.tensor([4]))])
 
 
 def test_flop_counter_sees_the_kernels():

@@ -341,25 +341,22 @@ class _Conv:
     ) -> torch.Tensor:
         """`gemm`'s contract, run by the compiled kernels on ``sources`` (channels-last
         tensors, each with the positions of its channels taking part, or None for all,
-        gathered straight into the padded grid): act(conv(x) + bias + add) for the output
+        gathered side by side in one pass): act(conv(x) + bias + add) for the output
         channels ``outputs`` only, or with x holding only the input channels ``inputs``
-        (their weight rows read in place from the blocks laid out once)."""
-        grid = _direct.gather_grid(sources, (self.padding[0], self.padding[1]))
-        out_h, out_w = self.output_shape(sources[0][0].shape)[2:]
-        kernel = (self.weight.shape[2], self.weight.shape[3])
-        stride = (self.stride[0], self.stride[1])
+        (their weight rows read in place from the blocks laid out once). Zero padding is
+        read by the kernels, never copied."""
+        x = _direct.gather_channels(sources)
+        out_size = self.output_shape(sources[0][0].shape)[2:]
+        geometry = (
+            (self.stride[0], self.stride[1]),
+            (self.padding[0], self.padding[1]),
+            (self.weight.shape[2], self.weight.shape[3]),
+        )
         relu = act.attr == "relu"
-        if outputs is not None and add is None and len(outputs) > out_h * out_w:
+        if outputs is not None and add is None and len(outputs) > out_size[0] * out_size[1]:
             # Fewer pixels than selected channels: read the weight rows in place.
             y = _direct.subset_conv_outputs(
-                grid,
-                self._rows_output_major(),
-                outputs,
-                self.bias,
-                (out_h, out_w),
-                stride,
-                kernel,
-                relu,
+                x, self._rows_output_major(), outputs, self.bias, out_size, geometry, relu
             )
             return (y if relu else act(y)).permute(0, 3, 1, 2)
         if outputs is not None:
@@ -371,15 +368,6 @@ class _Conv:
             inputs = self._every_input
         add_nhwc = add.permute(0, 2, 3, 1).contiguous() if add is not None else None
         y = _direct.subset_conv(
-            grid,
-            inputs,
-            weight,
-            bias,
-            add_nhwc,
-            (out_h, out_w),
-            stride,
-            kernel,
-            out_channels,
-            relu,
+            x, inputs, weight, bias, add_nhwc, out_size, geometry, out_channels, relu
         )
         return (y if relu else act(y)).permute(0, 3, 1, 2)

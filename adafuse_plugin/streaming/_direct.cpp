@@ -3,8 +3,10 @@
 // no per-shape compile here: the weight is laid out once in blocks of 64 output channels,
 // each block input-major ([block][tap][input channel][64]), so an input-channel subset is
 // a list of contiguous 256-byte rows read in place, and an output-channel subset is a few
-// blocks packed for the call (`pack_blocks`). Written with GCC/Clang vector extensions:
-// the compiler emits AVX-512, AVX2 or NEON code for the machine it builds on.
+// blocks packed for the call (`pack_blocks`), or, on small maps, computed pixel-major from
+// the rows of an output-major weight (`subset_conv_outputs`). Zero padding is read, never
+// copied. Written with GCC/Clang vector extensions: the compiler emits AVX-512, AVX2 or
+// NEON code for the machine it builds on.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,14 +28,14 @@ inline void store(float* p, vec v) { *reinterpret_cast<vec_unaligned*>(p) = v; }
 
 // What every tile of one call shares.
 struct Call {
-  const float* grid;      // [N][Hp][Wp][S], zero-padded input holding the S channels used
-  const int64_t* rows;    // [S]: the weight's input channel of each grid channel
+  const float* input;     // [N][H][W][S]: the S input channels taking part, NHWC
+  const float* zeros;     // [S] zeros: what a tap reads in the padding
+  const int64_t* rows;    // [S]: the weight's input channel of each input channel
   const float* weight;    // [blocks][taps][C_in][64]
   const float* bias;      // [C_out]
   const float* add;       // [N][P][C_out] or null
   float* out;             // [N][P][C_out]
-  const int64_t* offsets; // [taps]: grid offset of each kernel tap
-  int64_t S, Hp, Wp, C_in, C_out, out_w, P, stride_h, stride_w, taps;
+  int64_t S, H, W, C_in, C_out, out_w, P, stride_h, stride_w, pad_h, pad_w, kernel_w, taps;
   bool relu;
 };
 
@@ -46,11 +48,11 @@ constexpr int kAccumulators = 24;
 template <int NV>
 void tile(const Call& c, int64_t n, int64_t block, int64_t q) {
   constexpr int NP = kAccumulators / NV;
-  const float* base[NP];
+  int64_t top[NP], left[NP];  // input row and column of each pixel's first tap
   for (int p = 0; p < NP; ++p) {
     const int64_t at = std::min(q + p, c.P - 1);
-    const int64_t oh = at / c.out_w, ow = at % c.out_w;
-    base[p] = c.grid + ((n * c.Hp + oh * c.stride_h) * c.Wp + ow * c.stride_w) * c.S;
+    top[p] = at / c.out_w * c.stride_h - c.pad_h;
+    left[p] = at % c.out_w * c.stride_w - c.pad_w;
   }
   const int64_t first = block * kBlock;
   const int64_t valid = std::min(kBlock, c.C_out - first);
@@ -64,8 +66,13 @@ void tile(const Call& c, int64_t n, int64_t block, int64_t q) {
   const float* weight = c.weight + block * c.taps * c.C_in * kBlock;
   for (int64_t t = 0; t < c.taps; ++t) {
     const float* taps_weight = weight + t * c.C_in * kBlock;
+    const int64_t dy = t / c.kernel_w, dx = t % c.kernel_w;
     const float* x[NP];
-    for (int p = 0; p < NP; ++p) x[p] = base[p] + c.offsets[t];
+    for (int p = 0; p < NP; ++p) {
+      const int64_t h = top[p] + dy, w = left[p] + dx;
+      const bool inside = h >= 0 && h < c.H && w >= 0 && w < c.W;
+      x[p] = inside ? c.input + ((n * c.H + h) * c.W + w) * c.S : c.zeros;
+    }
     for (int64_t j = 0; j < c.S; ++j) {
       const float* row = taps_weight + c.rows[j] * kBlock;
       vec w[NV];
@@ -116,46 +123,45 @@ void run_tile(const Call& c, int64_t n, int64_t block, int64_t q) {
   }
 }
 
-at::Tensor subset_conv(const at::Tensor& grid, const at::Tensor& rows, const at::Tensor& weight,
+at::Tensor subset_conv(const at::Tensor& input, const at::Tensor& rows, const at::Tensor& weight,
                        const at::Tensor& bias, const std::optional<at::Tensor>& add,
                        int64_t out_h, int64_t out_w, int64_t stride_h, int64_t stride_w,
-                       int64_t kernel_h, int64_t kernel_w, int64_t out_channels, bool relu) {
-  TORCH_CHECK(grid.dim() == 4 && grid.is_contiguous() && grid.scalar_type() == at::kFloat,
-              "grid: a contiguous float32 [N, Hp, Wp, S] tensor");
+                       int64_t pad_h, int64_t pad_w, int64_t kernel_h, int64_t kernel_w,
+                       int64_t out_channels, bool relu) {
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous() && input.scalar_type() == at::kFloat,
+              "input: a contiguous float32 [N, H, W, S] tensor");
   TORCH_CHECK(weight.dim() == 4 && weight.is_contiguous() && weight.size(3) == kBlock &&
                   weight.size(1) == kernel_h * kernel_w && weight.scalar_type() == at::kFloat,
               "weight: a contiguous float32 [blocks, taps, C_in, 64] tensor");
   TORCH_CHECK(weight.size(0) * kBlock >= out_channels, "weight has too few output blocks");
-  TORCH_CHECK(rows.dim() == 1 && rows.size(0) == grid.size(3) && rows.is_contiguous() &&
+  TORCH_CHECK(rows.dim() == 1 && rows.size(0) == input.size(3) && rows.is_contiguous() &&
                   rows.scalar_type() == at::kLong,
-              "rows: one int64 weight row per grid channel");
+              "rows: one int64 weight row per input channel");
   TORCH_CHECK(bias.is_contiguous() && bias.numel() >= out_channels &&
                   bias.scalar_type() == at::kFloat,
               "bias: a contiguous float32 vector with one value per output channel");
-  TORCH_CHECK((out_h - 1) * stride_h + kernel_h <= grid.size(1) &&
-                  (out_w - 1) * stride_w + kernel_w <= grid.size(2),
-              "the output size needs a larger padded grid");
+  TORCH_CHECK(out_h >= 1 && out_w >= 1 &&
+                  (out_h - 1) * stride_h + kernel_h <= input.size(1) + 2 * pad_h &&
+                  (out_w - 1) * stride_w + kernel_w <= input.size(2) + 2 * pad_w,
+              "the output size does not fit the padded input");
   const int64_t* row_data = rows.data_ptr<int64_t>();
   for (int64_t j = 0; j < rows.numel(); ++j) {
     TORCH_CHECK(row_data[j] >= 0 && row_data[j] < weight.size(2),
                 "rows out of the weight's input channels");
   }
-  const int64_t N = grid.size(0), P = out_h * out_w;
-  auto out = at::empty({N, out_h, out_w, out_channels}, grid.options());
+  const int64_t N = input.size(0), P = out_h * out_w;
+  auto out = at::empty({N, out_h, out_w, out_channels}, input.options());
   if (add) {
     TORCH_CHECK(add->is_contiguous() && add->sizes() == out.sizes() &&
                     add->scalar_type() == at::kFloat,
                 "add: a contiguous float32 [N, out_h, out_w, C_out] tensor");
   }
-  std::vector<int64_t> offsets(kernel_h * kernel_w);
-  for (int64_t dy = 0; dy < kernel_h; ++dy)
-    for (int64_t dx = 0; dx < kernel_w; ++dx)
-      offsets[dy * kernel_w + dx] = (dy * grid.size(2) + dx) * grid.size(3);
-  const Call c{grid.data_ptr<float>(), rows.data_ptr<int64_t>(), weight.data_ptr<float>(),
+  const std::vector<float> zeros(input.size(3), 0.f);
+  const Call c{input.data_ptr<float>(), zeros.data(), row_data, weight.data_ptr<float>(),
                bias.data_ptr<float>(), add ? add->data_ptr<float>() : nullptr,
-               out.data_ptr<float>(), offsets.data(), grid.size(3), grid.size(1),
-               grid.size(2), weight.size(2), out_channels, out_w, P, stride_h, stride_w,
-               kernel_h * kernel_w, relu};
+               out.data_ptr<float>(), input.size(3), input.size(1), input.size(2),
+               weight.size(2), out_channels, out_w, P, stride_h, stride_w, pad_h, pad_w,
+               kernel_w, kernel_h * kernel_w, relu};
   const int64_t blocks = (out_channels + kBlock - 1) / kBlock;
   // Work items (image, block, first pixel); the tiles of one block are neighbours, so a
   // thread's chunk reuses one block's weights.
@@ -251,14 +257,14 @@ void pixel_tile_vectors(int vectors, const float* columns, int64_t K, int64_t Pp
   }
 }
 
-at::Tensor subset_conv_outputs(const at::Tensor& grid, const at::Tensor& weight,
+at::Tensor subset_conv_outputs(const at::Tensor& input, const at::Tensor& weight,
                                const at::Tensor& outputs, const at::Tensor& bias,
                                int64_t out_h, int64_t out_w, int64_t stride_h,
-                               int64_t stride_w, int64_t kernel_h, int64_t kernel_w,
-                               bool relu) {
-  TORCH_CHECK(grid.dim() == 4 && grid.is_contiguous() && grid.scalar_type() == at::kFloat,
-              "grid: a contiguous float32 [N, Hp, Wp, C_in] tensor");
-  const int64_t C_in = grid.size(3), taps = kernel_h * kernel_w, K = taps * C_in;
+                               int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                               int64_t kernel_h, int64_t kernel_w, bool relu) {
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous() && input.scalar_type() == at::kFloat,
+              "input: a contiguous float32 [N, H, W, C_in] tensor");
+  const int64_t C_in = input.size(3), taps = kernel_h * kernel_w, K = taps * C_in;
   TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.size(1) == K &&
                   weight.scalar_type() == at::kFloat,
               "weight: a contiguous float32 [C_out, taps * C_in] tensor");
@@ -268,32 +274,35 @@ at::Tensor subset_conv_outputs(const at::Tensor& grid, const at::Tensor& weight,
   TORCH_CHECK(bias.is_contiguous() && bias.numel() == weight.size(0) &&
                   bias.scalar_type() == at::kFloat,
               "bias: a contiguous float32 vector with one value per output channel");
-  TORCH_CHECK((out_h - 1) * stride_h + kernel_h <= grid.size(1) &&
-                  (out_w - 1) * stride_w + kernel_w <= grid.size(2),
-              "the output size needs a larger padded grid");
+  const int64_t H = input.size(1), W = input.size(2);
+  TORCH_CHECK(out_h >= 1 && out_w >= 1 && (out_h - 1) * stride_h + kernel_h <= H + 2 * pad_h &&
+                  (out_w - 1) * stride_w + kernel_w <= W + 2 * pad_w,
+              "the output size does not fit the padded input");
   const int64_t count = outputs.numel();
   const int64_t* index = outputs.data_ptr<int64_t>();
   for (int64_t j = 0; j < count; ++j) {
     TORCH_CHECK(index[j] >= 0 && index[j] < weight.size(0),
                 "outputs out of the weight's output channels");
   }
-  const int64_t N = grid.size(0), P = out_h * out_w, Ppad = (P + kLanes - 1) / kLanes * kLanes;
-  const int64_t Hp = grid.size(1), Wp = grid.size(2);
-  auto out = at::empty({N, out_h, out_w, count}, grid.options());
-  auto columns = at::empty({N, K, Ppad}, grid.options());
-  const float* g = grid.data_ptr<float>();
+  const int64_t N = input.size(0), P = out_h * out_w, Ppad = (P + kLanes - 1) / kLanes * kLanes;
+  auto out = at::empty({N, out_h, out_w, count}, input.options());
+  auto columns = at::empty({N, K, Ppad}, input.options());
+  const float* g = input.data_ptr<float>();
   float* col = columns.data_ptr<float>();
   at::parallel_for(0, N * taps, 1, [&](int64_t begin, int64_t end) {
+    std::vector<const float*> sources(Ppad);
+    const std::vector<float> zeros(C_in, 0.f);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / taps, t = i % taps, dy = t / kernel_w, dx = t % kernel_w;
-      float* dst = col + (n * K + t * C_in) * Ppad;
-      for (int64_t p = 0; p < P; ++p) {
-        const int64_t oh = p / out_w, ow = p % out_w;
-        const float* src = g + ((n * Hp + oh * stride_h + dy) * Wp + ow * stride_w + dx) * C_in;
-        for (int64_t c = 0; c < C_in; ++c) dst[c * Ppad + p] = src[c];
+      for (int64_t p = 0; p < Ppad; ++p) {  // padding and lanes past the last pixel: zeros
+        const int64_t h = p / out_w * stride_h + dy - pad_h, w = p % out_w * stride_w + dx - pad_w;
+        const bool inside = p < P && h >= 0 && h < H && w >= 0 && w < W;
+        sources[p] = inside ? g + ((n * H + h) * W + w) * C_in : zeros.data();
       }
+      // Writes run along the columns; the pixels' rows read stay in cache meanwhile.
+      float* dst = col + (n * K + t * C_in) * Ppad;
       for (int64_t c = 0; c < C_in; ++c)
-        for (int64_t p = P; p < Ppad; ++p) dst[c * Ppad + p] = 0.f;
+        for (int64_t p = 0; p < Ppad; ++p) dst[c * Ppad + p] = sources[p][c];
     }
   });
   constexpr int kRows = 6;  // output channels per tile: 6 x 4 accumulators
@@ -333,11 +342,9 @@ at::Tensor subset_conv_outputs(const at::Tensor& grid, const at::Tensor& weight,
   return out;
 }
 
-// The grid `subset_conv` reads: channels of NHWC ``sources`` side by side (all of a
-// source's channels, or those its index lists), zero-padded by (pad_h, pad_w); each value
-// written once.
-at::Tensor gather_grid(at::TensorList sources, at::TensorList indices, int64_t pad_h,
-                       int64_t pad_w) {
+// The input `subset_conv` reads: channels of NHWC ``sources`` side by side (all of a
+// source's channels, or those its index lists), in one pass.
+at::Tensor gather_channels(at::TensorList sources, at::TensorList indices) {
   TORCH_CHECK(!sources.empty() && sources.size() == indices.size(),
               "one index (empty: every channel) per source");
   const at::Tensor& first = sources[0];
@@ -370,55 +377,44 @@ at::Tensor gather_grid(at::TensorList sources, at::TensorList indices, int64_t p
     counts.push_back(count);
     channels += count;
   }
-  const int64_t Hp = H + 2 * pad_h, Wp = W + 2 * pad_w;
-  auto grid = at::empty({N, Hp, Wp, channels}, first.options());
-  float* g = grid.data_ptr<float>();
-  at::parallel_for(0, N * Hp, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / Hp, row = i % Hp, h = row - pad_h;
-      float* dst = g + i * Wp * channels;
-      if (h < 0 || h >= H) {
-        std::fill(dst, dst + Wp * channels, 0.f);
-        continue;
-      }
-      std::fill(dst, dst + pad_w * channels, 0.f);
-      std::fill(dst + (pad_w + W) * channels, dst + Wp * channels, 0.f);
-      for (int64_t w = 0; w < W; ++w) {
-        float* out = dst + (pad_w + w) * channels;
-        for (size_t s = 0; s < data.size(); ++s) {
-          const float* src = data[s] + ((n * H + h) * W + w) * widths[s];
-          if (picks[s]) {
-            for (int64_t j = 0; j < counts[s]; ++j) out[j] = src[picks[s][j]];
-          } else {
-            std::copy(src, src + counts[s], out);
-          }
-          out += counts[s];
+  auto gathered = at::empty({N, H, W, channels}, first.options());
+  float* g = gathered.data_ptr<float>();
+  at::parallel_for(0, N * H * W, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t pixel = begin; pixel < end; ++pixel) {
+      float* out = g + pixel * channels;
+      for (size_t s = 0; s < data.size(); ++s) {
+        const float* src = data[s] + pixel * widths[s];
+        if (picks[s]) {
+          for (int64_t j = 0; j < counts[s]; ++j) out[j] = src[picks[s][j]];
+        } else {
+          std::copy(src, src + counts[s], out);
         }
+        out += counts[s];
       }
     }
   });
-  return grid;
+  return gathered;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(adafuse_direct, m) {
   m.def(
-      "subset_conv(Tensor grid, Tensor rows, Tensor weight, Tensor bias, Tensor? add, "
-      "int out_h, int out_w, int stride_h, int stride_w, int kernel_h, int kernel_w, "
-      "int out_channels, bool relu) -> Tensor");
+      "subset_conv(Tensor input, Tensor rows, Tensor weight, Tensor bias, Tensor? add, "
+      "int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, "
+      "int kernel_h, int kernel_w, int out_channels, bool relu) -> Tensor");
   m.def("pack_blocks(Tensor weight, Tensor outputs) -> Tensor");
   m.def(
-      "gather_grid(Tensor[] sources, Tensor[] indices, int pad_h, int pad_w) -> Tensor");
+      "gather_channels(Tensor[] sources, Tensor[] indices) -> Tensor");
   m.def(
-      "subset_conv_outputs(Tensor grid, Tensor weight, Tensor outputs, Tensor bias, "
-      "int out_h, int out_w, int stride_h, int stride_w, int kernel_h, int kernel_w, "
-      "bool relu) -> Tensor");
+      "subset_conv_outputs(Tensor input, Tensor weight, Tensor outputs, Tensor bias, "
+      "int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, "
+      "int kernel_h, int kernel_w, bool relu) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(adafuse_direct, CPU, m) {
   m.impl("subset_conv", &subset_conv);
   m.impl("pack_blocks", &pack_blocks);
-  m.impl("gather_grid", &gather_grid);
+  m.impl("gather_channels", &gather_channels);
   m.impl("subset_conv_outputs", &subset_conv_outputs);
 }

@@ -4,7 +4,7 @@ oneDNN cannot run a per-frame input-channel subset of a prepacked weight: every 
 selection costs a weight reorder (and a primitive JIT for a new channel count), more than
 the convolution itself. This small kernel reads a subset's weight rows in place from a
 layout made once. It is compiled for the machine it runs on (`-march=native`) the first
-time a runner needs it (about 30 s, cached by torch under ``TORCH_EXTENSIONS_DIR``); where
+time a runner needs it (about 15 s, cached by torch under ``TORCH_EXTENSIONS_DIR``); where
 no C++ compiler is found the runner goes on without this mode, and `status` says why.
 """
 
@@ -25,7 +25,9 @@ from torch.utils import flop_counter
 from ..errors import AdaFuseStreamingError
 
 _SOURCE = Path(__file__).with_name("_direct.cpp")
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast"]
+# -fopenmp: at::parallel_for is OpenMP in torch's builds; the process already holds torch's
+# libgomp, so the kernel's threads are torch's (torch.set_num_threads applies).
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
 _LOCK = threading.Lock()
 _state: dict[str, str | None] = {}  # "error" once a build was tried
 _LOG = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ def _build() -> None:
             name=f"adafuse_direct_{_machine_tag()}",
             sources=[str(_SOURCE)],
             extra_cflags=_FLAGS,
+            extra_ldflags=["-fopenmp"],
             is_python_module=False,
         )
     finally:
@@ -134,58 +137,58 @@ def _register_flops() -> None:
 
 
 def subset_conv(
-    grid: torch.Tensor,
+    x: torch.Tensor,
     rows: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
     add: torch.Tensor | None,
     out_size: tuple[int, int],
-    stride: tuple[int, int],
-    kernel: tuple[int, int],
+    geometry: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
     out_channels: int,
     relu: bool,
 ) -> torch.Tensor:
-    """conv + bias (+ add) (then ReLU) for the grid's channels, NHWC in and out.
+    """conv + bias (+ add) (then ReLU) over the channels of ``x``, NHWC in and out.
 
-    ``grid``: (N, Hp, Wp, S) zero-padded input of the S channels taking part; ``rows``:
-    the weight input channel of each; ``weight``: (blocks, kh * kw, C_in, 64) from
-    `pack_blocks`; ``add``: (N, out_h, out_w, out_channels) or None.
+    ``x``: (N, H, W, S), the S input channels taking part; ``rows``: the weight input
+    channel of each; ``weight``: (blocks, kh * kw, C_in, 64) from `pack_blocks`; ``add``:
+    (N, out_h, out_w, out_channels) or None; ``geometry``: (stride, padding, kernel).
     """
     _require()
+    (stride, padding, kernel) = geometry
     return torch.ops.adafuse_direct.subset_conv(
-        grid, rows, weight, bias, add, *out_size, *stride, *kernel, out_channels, relu
+        x, rows, weight, bias, add, *out_size, *stride, *padding, *kernel, out_channels, relu
     )
 
 
 def subset_conv_outputs(
-    grid: torch.Tensor,
+    x: torch.Tensor,
     output_major: torch.Tensor,
     outputs: torch.Tensor,
     bias: torch.Tensor,
     out_size: tuple[int, int],
-    stride: tuple[int, int],
-    kernel: tuple[int, int],
+    geometry: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
     relu: bool,
 ) -> torch.Tensor:
     """conv + bias (then ReLU) for the output channels ``outputs`` only, NHWC in and out,
     with output pixels as vector lanes: ``output_major`` (C_out, kh * kw * C_in) is read in
     place (for small maps, where packing the selected weight would cost more)."""
     _require()
+    (stride, padding, kernel) = geometry
     return torch.ops.adafuse_direct.subset_conv_outputs(
-        grid, output_major, outputs, bias, *out_size, *stride, *kernel, relu
+        x, output_major, outputs, bias, *out_size, *stride, *padding, *kernel, relu
     )
 
 
-def gather_grid(
-    sources: Sequence[tuple[torch.Tensor, torch.Tensor | None]], padding: tuple[int, int]
-) -> torch.Tensor:
-    """(N, H + 2 pad_h, W + 2 pad_w, S) zero-padded NHWC grid of the channels of
-    channels-last ``sources`` side by side: each (tensor, channel positions or None for
-    all), gathered and padded in one pass."""
-    _require()
+def gather_channels(sources: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """(N, H, W, S) NHWC: the channels of channels-last ``sources`` side by side, each
+    (tensor, channel positions or None for all), in one pass; a single whole source is
+    returned as its NHWC view, not copied."""
     tensors = [tensor.permute(0, 2, 3, 1).contiguous() for tensor, _ in sources]
+    if len(sources) == 1 and sources[0][1] is None:
+        return tensors[0]
+    _require()
     indices = [_EMPTY if index is None else index for _, index in sources]
-    return torch.ops.adafuse_direct.gather_grid(tensors, indices, *padding)
+    return torch.ops.adafuse_direct.gather_channels(tensors, indices)
 
 
 def pack_blocks(output_major: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:

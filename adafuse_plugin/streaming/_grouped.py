@@ -27,8 +27,9 @@ from ._selection import (
 def _channel_index(groups: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
     """Channel indices of channel groups (``size`` channels each), in the groups' order,
     on ``device`` (index_select / index_copy_ need the index beside the data)."""
-    index = (groups[:, None] * size + np.arange(size)[None, :]).reshape(-1)
-    return torch.from_numpy(index).to(device, non_blocking=True)
+    index = groups if size == 1 else (groups[:, None] * size + np.arange(size)).reshape(-1)
+    tensor = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+    return tensor if device.type == "cpu" else tensor.to(device, non_blocking=True)
 
 
 @dataclasses.dataclass(frozen=True)
