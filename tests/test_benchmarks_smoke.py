@@ -265,3 +265,57 @@ def test_recipe_refuses_matched_baselines_without_their_adafuse_run(tmp_path):
         )
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_pair_probe_attributes_and_tables():
+    """A clip and its time reversal share their attributes (the probe compares clips of
+    the two classes by them); a rotation's amount is its turn; tables give each model's
+    within-pair accuracy per attribute value."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import numpy as np
+    from pair_probe import attributes, tables
+
+    from adafuse_plugin.demo.videos import CLASSES, reverse_spec, sample_spec
+
+    rotating = CLASSES.index("rotating_clockwise")
+    spec = sample_spec(rotating, np.random.default_rng(3))
+    found = attributes(spec)
+    assert found == attributes(reverse_spec(spec))
+    assert found["amount"] == abs(spec.actor.end.angle - spec.actor.start.angle) > 90
+    assert found["distractors"] == len(spec.behind) + len(spec.front)
+    records = [
+        dict(found, shape=shape, radius_px=r, amount=a, correct={"A": hit, "B": not hit})
+        for shape, r, a, hit in [
+            ("ring", 8, 100, False),
+            ("ring", 9, 120, False),
+            ("square", 10, 150, True),
+            ("square", 11, 180, True),
+            ("square", 12, 190, False),
+            ("circle", 13, 200, True),
+        ]
+    ]
+    lines = tables(records, ["A", "B"]).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if "|" in line]
+    assert ["all", "6", "50.0", "50.0"] in cells
+    assert ["ring", "2", "0.0", "100.0"] in cells and ["square", "3", "66.7", "33.3"] in cells
+
+
+@pytest.mark.slow
+def test_pair_probe_runs_on_a_work_folder(tmp_path):
+    """The probe renders fresh clips of a pair and tests a trained model on them."""
+    pytest.importorskip("mmaction")
+    recipe = [sys.executable, str(ROOT / "benchmarks" / "recipe.py"), "--size", "tiny"]
+    recipe += ["--frame-size", "32", "--epochs", "1", "--seeds", "0", "--pretrain-only"]
+    done = subprocess.run([*recipe, "--out", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (work_dir,) = tmp_path.rglob("TSM-seed0")
+    probe = [sys.executable, str(ROOT / "benchmarks" / "pair_probe.py"), "--clips", "3"]
+    probe += ["--pair", "rotating_anticlockwise", "--work-dirs", str(work_dir)]
+    probe += ["--out", str(tmp_path / "probe")]
+    done = subprocess.run(probe, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    clips = [json.loads(line) for line in (tmp_path / "probe" / "clips.jsonl").open()]
+    assert sorted(c["label"] for c in clips) == [6, 6, 6, 7, 7, 7]
+    assert all(len(c["scores"]["TSM-seed0"]) == 10 for c in clips)
+    report = (tmp_path / "probe" / "pair_probe.md").read_text()
+    assert "rotating_clockwise / rotating_anticlockwise, 3 clips per class" in report

@@ -25,7 +25,7 @@ lists (``videos/<split>/<name>.mp4 <label>``, paths relative to the dataset root
 
 from __future__ import annotations
 
-from .dataset import generate_dataset
+from .dataset import generate_dataset, write_video
 from .render import render_clip
 from .specs import (
     CLASSES,
@@ -61,4 +61,5 @@ __all__ = [
     "reverse_label",
     "reverse_spec",
     "sample_spec",
+    "write_video",
 ]

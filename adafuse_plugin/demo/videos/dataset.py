@@ -42,7 +42,8 @@ def _counts_per_class(size: str | int) -> dict[str, int]:
     return {"train": size - 2 * held_out, "val": held_out, "test": held_out}
 
 
-def _write_video(path: Path, frames: np.ndarray) -> None:
+def write_video(path: Path, frames: np.ndarray) -> None:
+    """Write (T, H, W, 3) uint8 RGB frames as an mp4v video at the dataset's frame rate."""
     import cv2
 
     height, width = frames.shape[1:3]
@@ -147,7 +148,7 @@ def generate_dataset(
                     rng = np.random.default_rng([seed, split_index, label, index])
                     spec = sample_spec(label, rng, num_frames, frame_size, phase, family)
                     name = f"{index * len(classes) + label:05d}.mp4"
-                    _write_video(video_dir / name, render_clip(spec))
+                    write_video(video_dir / name, render_clip(spec))
                     lines.append(f"videos/{split}/{name} {label}\n")
                     bar.update()
             (root / f"{split}_list.txt").write_text("".join(lines))
