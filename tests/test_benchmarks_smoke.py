@@ -319,3 +319,22 @@ def test_pair_probe_runs_on_a_work_folder(tmp_path):
     assert all(len(c["scores"]["TSM-seed0"]) == 10 for c in clips)
     report = (tmp_path / "probe" / "pair_probe.md").read_text()
     assert "rotating_clockwise / rotating_anticlockwise, 3 clips per class" in report
+
+
+def test_recipe_reports_a_dataset_without_pairs():
+    """A user's own dataset (--data, classes not in time-reversed pairs) has no within-pair
+    accuracy: the table shows '-', the within-pair targets say so, top-1 is summarised."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from recipe import markdown, summarise, targets
+
+    mix = {"keep": 1.0, "reuse": 0.0, "skip": 0.0}
+    runs = [
+        dict(model=m, seed=s, top1=t, within_pair=None, adaptive_gflops=1.0, mix=mix)
+        | {"dense_gflops": 1.0}
+        for m, s, t in [("TSN", 0, 0.5), ("TSN", 1, 0.6), ("TSM", 0, 0.8)]
+    ]
+    rows = summarise(runs)
+    assert rows[0]["top1"] == pytest.approx(55.0) and rows[0]["within_pair"] is None
+    assert "| TSN | 55.0 ± 7.1 | - |" in markdown(rows)
+    lines = targets(rows, "AdaFuse λ=0.05")
+    assert "not measured" in line_in(lines, "TSM >= 90 % within pairs")
