@@ -147,20 +147,23 @@ def build_variants(args: argparse.Namespace, name: str) -> list[Variant]:
             for schedule in args.schedules:
                 dynamic = schedule == "dynamic"
                 install_schedules(patched, nets, executed, dynamic, seed=granularity)
-                for fallback in args.dense_fallback:
-                    for paths in args.paths:
-                        runner = StreamingRunner(
-                            patched,
-                            cache_size=args.cache_size,
-                            dense_fallback=fallback,
-                            **PATHS[paths],
-                        )
-                        label = f"{schedule} {executed:.0%} g={granularity}"
-                        if len(args.dense_fallback) > 1:
-                            label += f" {fallback}"
-                        if len(args.paths) > 1:
-                            label += f" [{paths}]"
-                        variants.append(Variant(label, runner.step, runner))
+                label = f"{schedule} {executed:.0%} g={granularity}"
+                variants += runner_variants(patched, label, args)
+    return variants
+
+
+def runner_variants(model: torch.nn.Module, label: str, args: argparse.Namespace) -> list[Variant]:
+    """One streaming runner of ``model`` per ``--dense-fallback`` and ``--paths`` value,
+    labelled with the values that vary."""
+    variants = []
+    for fallback in args.dense_fallback:
+        for paths in args.paths:
+            runner = StreamingRunner(
+                model, cache_size=args.cache_size, dense_fallback=fallback, **PATHS[paths]
+            )
+            name = label + (f" {fallback}" if len(args.dense_fallback) > 1 else "")
+            name += f" [{paths}]" if len(args.paths) > 1 else ""
+            variants.append(Variant(name, runner.step, runner))
     return variants
 
 
@@ -177,17 +180,8 @@ def build_trained_variants(
     engine = StreamingRunner(dense)
     variants = [Variant("dense eager", base), Variant("dense engine", engine.step, engine)]
     config = af.get_config(trained)
-    for fallback in args.dense_fallback:
-        for paths in args.paths:
-            runner = StreamingRunner(
-                trained, dense_fallback=fallback, cache_size=args.cache_size, **PATHS[paths]
-            )
-            label = f"trained {config.policy} g={config.granularity} ({work_dir.name})"
-            if len(args.dense_fallback) > 1:
-                label += f" {fallback}"
-            if len(args.paths) > 1:
-                label += f" [{paths}]"
-            variants.append(Variant(label, runner.step, runner))
+    label = f"trained {config.policy} g={config.granularity} ({work_dir.name})"
+    variants += runner_variants(trained, label, args)
     preprocessor = recognizer.data_preprocessor
     return variants, preprocessor.mean.view(3, 1, 1), preprocessor.std.view(3, 1, 1)
 

@@ -169,14 +169,17 @@ def test_execution_strategies_are_exact(tuning):
     [
         ("gemm", 1, 96),  # layer1 24x24: one product per tap on shifted views
         ("gemm", 4, SIZE),  # small maps and the strided first convs: im2col
+        ("direct", 1, 96),  # the compiled kernels (tests/test_streaming_direct.py)
+        ("direct", 4, SIZE),
         ("pack-now", 1, SIZE),  # counts rounded up: extra outputs held, zero inputs
         ("pack-now", 4, SIZE),
     ],
 )
 def test_matrix_products_and_rounded_counts_are_exact(mode, granularity, size, monkeypatch):
-    """Selections run by `_Conv.gemm`, or packed with their channel count rounded up to
-    the bucket (extra output channels then also serve the next frame's reuse), give the
-    patched model's frames; only the rounding executes more than Eq. 5."""
+    """Selections run by `_Conv.gemm`, by the compiled kernels (`_Conv.direct`), or packed
+    with their channel count rounded up to the bucket (extra output channels then also
+    serve the next frame's reuse), give the patched model's frames; only the rounding
+    executes more than Eq. 5."""
     monkeypatch.setattr(_ModeTimer, "choose", _always(mode))
     frames = 4
     model = build("resnet18", frames, granularity=granularity)
@@ -185,7 +188,7 @@ def test_matrix_products_and_rounded_counts_are_exact(mode, granularity, size, m
     assert_matches(model, runner, clip)
     counters, modes = runner.executed_flops, runner.execution_modes()
     assert modes[mode] > 0, modes
-    if mode == "gemm":
+    if mode in ("gemm", "direct"):
         assert counters.total == pytest.approx(counters.eq5, rel=1e-9)
     else:
         assert counters.total > counters.eq5

@@ -14,7 +14,7 @@ from adafuse_plugin.streaming import StreamingRunner, _direct, kernel_status
 from adafuse_plugin.streaming._conv import _Act, _Conv
 from adafuse_plugin.streaming._selection import _ModeTimer
 
-from .test_streaming import SIZE, _always, assert_matches, build
+from .test_streaming import SIZE, assert_matches, build
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -125,27 +125,11 @@ def test_flop_counter_sees_the_kernels():
     assert counter.get_total_flops() == 2 * 9 * 16 * 32 * 9
 
 
-@pytest.mark.parametrize(("granularity", "size"), [(1, 96), (4, SIZE)])
-def test_runner_with_direct_mode_is_exact(granularity, size, monkeypatch):
-    """Every selection run by the kernels: the patched model's frames, Eq. 5's FLOPs."""
-    monkeypatch.setattr(_ModeTimer, "choose", _always("direct"))
-    frames = 4
-    model = build("resnet18", frames, granularity=granularity)
-    clip = torch.randn(frames, 3, size, size)
-    runner = StreamingRunner(model, record_decisions=True, dense_fallback="timed")
-    assert_matches(model, runner, clip)
-    counters, modes = runner.executed_flops, runner.execution_modes()
-    assert modes["direct"] > 0, modes
-    assert counters.total == pytest.approx(counters.eq5, rel=1e-9)
-
-
 def test_runner_goes_on_without_a_compiler(monkeypatch):
     """A kernel that cannot be built is reported, and the runner streams exactly without it."""
 
     def no_compiler() -> None:
         raise RuntimeError("Error building extension: c++: command not found")
-
-    from adafuse_plugin.streaming._selection import _ModeTimer
 
     offered: set[str] = set()
 
