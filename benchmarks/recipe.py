@@ -12,6 +12,10 @@ AdaFuse weights missing) and adapts for ``--adapt-epochs`` at ``--adapt-lr``:
 - from TSM: AdaFuse-TSM over ``--lambdas`` and AdaFuse-TSM+Last (gates in the last stage
   only, first lambda).
 
+With ``--backbone-init FILE`` TSN and TSM themselves start from a frame-level pretrained
+ResNet-18 (``benchmarks/frame_pretrain.py``: orientation-aware features, which training on
+the videos alone does not give), loaded as mmaction2 loads ImageNet weights.
+
 Every run is trained and tested like ``adafuse demo`` (mmaction2 pipeline,
 ``AdaFuseMetric`` with within-pair accuracy), at the recipe's settings by default: 64x64
 frames, ``medium`` data (chosen by the pretraining grid of docs/results.md; about 15
@@ -56,6 +60,7 @@ PRETRAINING = (
     "phase",
     "family",
     "schedule",
+    "backbone_init",
 )
 #: Settings that do not change a run's result (``--pretrained`` reuses adapted runs when
 #: all the others agree).
@@ -430,6 +435,13 @@ def main() -> None:
     parser.add_argument("--data", default=None, metavar="DIR", help="your own video-list folder")
     parser.add_argument("--frame-size", type=int, default=64, help="frames are SxS pixels")
     parser.add_argument("--epochs", type=int, default=20, help="pretraining epochs")
+    parser.add_argument(
+        "--backbone-init",
+        default=None,
+        metavar="FILE",
+        help="a torchvision ResNet-18 state dict TSN and TSM start from (frame-level "
+        "pretraining: benchmarks/frame_pretrain.py); default: from scratch",
+    )
     parser.add_argument("--adapt-epochs", type=int, default=10)
     parser.add_argument("--adapt-lr", type=float, default=5e-4)
     parser.add_argument(
@@ -479,6 +491,10 @@ def main() -> None:
         "for a sweep cut short, --out/runs.jsonl) again",
     )
     args = parser.parse_args()
+    if args.backbone_init is not None:
+        if not Path(args.backbone_init).is_file():
+            parser.error(f"--backbone-init: no file {args.backbone_init}")
+        args.backbone_init = str(Path(args.backbone_init).resolve())
     matched_names = {w: (f"Random λ={w:g}", f"Threshold λ={w:g}") for w in args.lambdas}
     known = {v.name for v in adapted(args.lambdas)}.union(*matched_names.values())
     unknown = sorted(set(args.skip_models) - known)
@@ -503,6 +519,7 @@ def main() -> None:
         phase=args.phase,
         family=args.family,
         data=args.data,
+        backbone_init=args.backbone_init,
     )
     if args.grid_report:
         print(grid_report(args.out))

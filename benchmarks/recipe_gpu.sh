@@ -12,7 +12,9 @@
 # `python benchmarks/recipe.py --report-only --out OUT/recipe-FAMILY ...` summarises the
 # runs it finished. `sweep` again on the same OUT goes on from those runs (only the
 # missing ones run): the whole sweep (16 adapted models per seed and family) takes about
-# 15 minutes on 16 cores, so it fits two calls of 10 minutes.
+# 15 minutes on 16 cores, so it fits two calls of 10 minutes. With INIT=FILE (a frame-level
+# pretrained backbone, benchmarks/frame_pretrain.py) TSN and TSM start from it
+# (recipe.py --backbone-init); the grid's runs, from scratch, are then not reused.
 set -u
 OUT=${1:?usage: recipe_gpu.sh OUT grid|sweep|all}
 STAGE=${2:-all}
@@ -20,6 +22,7 @@ FRAME=${FRAME:-64}
 SIZE=${SIZE:-medium}
 WORKERS=${WORKERS:-7}
 DEADLINE=${DEADLINE:-100000}
+INIT=${INIT:-}
 GRID=("32 small" "64 small" "64 medium")
 FAMILIES=(motion cycles)
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
@@ -65,7 +68,9 @@ if [[ $STAGE == sweep || $STAGE == all ]]; then
     for family in "${FAMILIES[@]}"; do
         grid="$OUT/grid-$family-$FRAME-$SIZE"
         reuse=()
-        [[ -f $grid/recipe.json ]] && reuse=(--pretrained "$grid")
+        init=()
+        [[ -n $INIT ]] && init=(--backbone-init "$INIT")
+        [[ -f $grid/recipe.json && -z $INIT ]] && reuse=(--pretrained "$grid")
         if [[ -f $OUT/recipe-$family/runs.jsonl ]]; then  # a sweep cut short: go on from it
             done_runs="$OUT/recipe-$family.done-$(date +%s)"
             mkdir -p "$done_runs"
@@ -74,6 +79,7 @@ if [[ $STAGE == sweep || $STAGE == all ]]; then
         fi
         timeout "$left" python benchmarks/recipe.py --family "$family" --frame-size "$FRAME" \
             --size "$SIZE" --seeds 0 1 2 --workers "$WORKERS" ${reuse[@]+"${reuse[@]}"} \
+            ${init[@]+"${init[@]}"} \
             --out "$OUT/recipe-$family" >"$OUT/recipe-$family.log" 2>&1 &
     done
     wait

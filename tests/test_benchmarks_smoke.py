@@ -338,3 +338,30 @@ def test_recipe_reports_a_dataset_without_pairs():
     assert "| TSN | 55.0 ± 7.1 | - |" in markdown(rows)
     lines = targets(rows, "AdaFuse λ=0.05")
     assert "not measured" in line_in(lines, "TSM >= 90 % within pairs")
+
+
+@pytest.mark.slow
+def test_frame_pretrain_writes_a_torchvision_backbone(tmp_path):
+    """The frame-level pretraining stand-in trains, tests and saves a state dict that a
+    torchvision ResNet-18 loads with only its classifier missing (what mmaction2's
+    ``backbone.pretrained`` reads; the loading itself: tests/test_demo.py)."""
+    import torch
+    import torchvision
+
+    script = str(ROOT / "benchmarks" / "frame_pretrain.py")
+    options = "--steps 3 --batch-size 4 --frame-size 32 --test-frames 6 --test-every 2 --threads 1"
+    done = subprocess.run(
+        [sys.executable, script, *options.split(), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = torch.load(tmp_path / "frames_resnet18.pth", weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert [entry["test_top1"] is not None for entry in log] == [False, True, True]
+    assert (tmp_path / "frame_pretrain.png").stat().st_size > 5_000
+    assert "test top-1" in done.stdout

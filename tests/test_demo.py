@@ -151,3 +151,41 @@ def test_demo_runs_on_a_user_video_folder(user_folder, tmp_path):
     for row in report["results"]:
         assert row["within_pair"] is None  # a user's classes are not known to be pairs
     assert not (tmp_path / "data").exists()  # nothing generated
+
+
+def test_backbone_init_loads_a_torchvision_state_dict_into_tsn_and_tsm(tmp_path):
+    """Frame-level pretraining reaches TSN and TSM through mmaction2's own
+    ``backbone.pretrained`` (as ImageNet weights do), every backbone tensor from the file;
+    adapted models start from their ``load_from`` instead."""
+    import torch
+    import torchvision
+    from mmaction.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    import adafuse_plugin.mmaction  # noqa: F401  (registers AdaFuseRecognizer2D)
+    from adafuse_plugin.demo import VARIANTS, DemoSettings, build_config
+
+    init_default_scope("mmaction")
+    torch.manual_seed(0)
+    source = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if "fc." not in k}
+    path = tmp_path / "frames.pth"
+    torch.save(source, path)
+    settings = DemoSettings(frame_size=32, num_frames=4, backbone_init=str(path))
+    for variant in VARIANTS[:2]:  # TSN, TSM
+        cfg = build_config(variant, settings, tmp_path, tmp_path / variant.name, num_classes=4)
+        model = MODELS.build(cfg.model)
+        model.init_weights()
+        loaded = model.backbone.state_dict()
+        shift = ".net" if variant.backbone == "tsm" else ""
+        pairs = {
+            "conv1.conv.weight": "conv1.weight",
+            "conv1.bn.running_mean": "bn1.running_mean",
+            f"layer2.1.conv1.conv{shift}.weight": "layer2.1.conv1.weight",
+            "layer2.1.conv2.bn.weight": "layer2.1.bn2.weight",
+            "layer3.0.downsample.conv.weight": "layer3.0.downsample.0.weight",
+            "layer4.1.conv2.conv.weight": "layer4.1.conv2.weight",
+        }
+        for ours, theirs in pairs.items():
+            assert torch.equal(loaded[ours], source[theirs]), (variant.name, ours)
+    adapted = build_config(VARIANTS[2], settings, tmp_path, tmp_path / "a", 4, load_from=path)
+    assert adapted.model.backbone.pretrained is None and adapted.load_from == str(path)

@@ -14,6 +14,7 @@ import pytest
 from adafuse_plugin.demo.videos import (
     CLASSES,
     CYCLE_CLASSES,
+    ORIENTATION_CLASSES,
     SIZES,
     ClipSpec,
     DatasetInfo,
@@ -24,6 +25,7 @@ from adafuse_plugin.demo.videos import (
     reverse_label,
     reverse_spec,
     sample_spec,
+    sample_still_spec,
 )
 
 PAIRS = [(label, label + 1) for label in range(0, len(CLASSES), 2)]
@@ -433,6 +435,31 @@ def test_bad_labels_and_specs_are_rejected() -> None:
         render_clip(
             dataclasses.replace(spec, actor=dataclasses.replace(spec.actor, texture="plaid"))
         )
+
+
+def test_still_specs_hold_the_actor_at_an_angle_of_its_labels_bin() -> None:
+    """Frame-level pretraining's stills: the label is the actor's angle bin, the actor
+    does not turn, its texture turns with its body; the rest of the scene as in a clip."""
+    for label, name in enumerate(ORIENTATION_CLASSES):
+        low = float(name.removeprefix("angle_"))
+        for index in range(4):
+            spec = sample_still_spec(label, np.random.default_rng([label, index]), 32)
+            actor = spec.actor
+            assert spec.label == label and spec.num_frames == 2
+            assert low <= actor.start.angle == actor.end.angle < low + 30.0
+            assert actor.texture_angle == 0.0
+    assert len(ORIENTATION_CLASSES) == 12
+    # Without distractors, noise or a lighting change, both frames are the same image.
+    still = dataclasses.replace(spec, behind=(), front=(), noise_std=0.0, lighting=(1.0, 1.0))
+    frames = render_clip(still)
+    np.testing.assert_array_equal(frames[0], frames[1])
+    turned = dataclasses.replace(
+        still, actor=dataclasses.replace(actor, end=dataclasses.replace(actor.end, angle=low + 60))
+    )
+    assert not np.array_equal(*render_clip(turned))  # a turning actor would show
+    for label in (-1, len(ORIENTATION_CLASSES)):
+        with pytest.raises(ValueError, match="label must be in"):
+            sample_still_spec(label, np.random.default_rng(0))
 
 
 # ------------------------------------------------------------------------------------------

@@ -79,6 +79,9 @@ class DemoSettings:
     data: str | None = None  # a video-list folder of your own instead of generated videos
     phase: Phase = "random"  # how the generated actions start (demo.videos)
     family: Family = "motion"  # which generated classes: "motion" or "cycles"
+    #: A torchvision ResNet state dict the plain models (TSN / TSM) start from, loaded
+    #: through ``backbone.pretrained`` as ImageNet weights are (frame-level pretraining).
+    backbone_init: str | None = None
     adapt_epochs: int = 10  # variants with init_from: fine-tuning epochs
     adapt_lr: float = 5e-4  # and their peak learning rate
     policy_lr_mult: float = 10.0  # the policy nets' lr, as a multiple of the model's
@@ -142,6 +145,10 @@ def build_config(
         model.backbone.num_segments = frames
         model.cls_head.num_segments = frames
         model.cls_head.num_classes = num_classes
+    if settings.backbone_init is not None and variant.init_from is None:
+        model.backbone.pretrained = settings.backbone_init
+        if variant.backbone == "tsm":
+            model.backbone.pretrained2d = True  # ResNetTSM maps torchvision's names itself
     if variant.policy == "keep":
         cfg.custom_hooks = []  # no temperature to anneal, no decisions worth logging
     else:

@@ -31,6 +31,7 @@ from .specs import (
     CLASSES,
     CYCLE_CLASSES,
     FAMILIES,
+    ORIENTATION_CLASSES,
     PHASES,
     SIZES,
     ClipSpec,
@@ -42,12 +43,14 @@ from .specs import (
     reverse_label,
     reverse_spec,
     sample_spec,
+    sample_still_spec,
 )
 
 __all__ = [
     "CLASSES",
     "CYCLE_CLASSES",
     "FAMILIES",
+    "ORIENTATION_CLASSES",
     "PHASES",
     "SIZES",
     "ClipSpec",
@@ -61,5 +64,6 @@ __all__ = [
     "reverse_label",
     "reverse_spec",
     "sample_spec",
+    "sample_still_spec",
     "write_video",
 ]

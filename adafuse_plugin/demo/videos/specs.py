@@ -38,6 +38,10 @@ CYCLE_CLASSES: tuple[str, ...] = (
     "background_moving_right",
 )
 
+#: Classes of the still frames of frame-level pretraining (`sample_still_spec`): the
+#: actor's angle in 12 bins of 30 degrees. Not a temporal family: no pairs, no motion.
+ORIENTATION_CLASSES: tuple[str, ...] = tuple(f"angle_{30 * b:03d}" for b in range(12))
+
 #: The class families ``generate_dataset`` can render.
 Family = Literal["motion", "cycles"]
 FAMILIES: dict[str, tuple[str, ...]] = {"motion": CLASSES, "cycles": CYCLE_CLASSES}
@@ -328,6 +332,35 @@ def _check_phase(phase: str) -> None:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
 
 
+def _scene(
+    label: int,
+    actor: Sprite,
+    rng: np.random.Generator,
+    num_frames: int,
+    frame_size: int,
+    pan: tuple[float, float] = (0.0, 0.0),
+    family: str = "motion",
+) -> ClipSpec:
+    """A clip of ``actor`` among 1-3 wandering distractors (some in front of it), on a
+    textured background, with a lighting drift and per-frame pixel noise."""
+    distractors = [_sample_distractor(rng) for _ in range(rng.integers(1, 4))]
+    in_front = rng.uniform(size=len(distractors)) < 0.3
+    return ClipSpec(
+        label=label,
+        num_frames=num_frames,
+        frame_size=frame_size,
+        actor=actor,
+        behind=tuple(d for d, f in zip(distractors, in_front, strict=True) if not f),
+        front=tuple(d for d, f in zip(distractors, in_front, strict=True) if f),
+        background_seed=int(rng.integers(2**31)),
+        lighting=_pair(rng.uniform(0.85, 1.15, 2)),
+        noise_std=float(rng.uniform(2.0, 8.0) / 255.0),
+        frame_seeds=tuple(int(s) for s in rng.integers(2**31, size=num_frames)),
+        pan=pan,
+        family=family,
+    )
+
+
 def sample_spec(
     label: int,
     rng: np.random.Generator,
@@ -352,23 +385,27 @@ def sample_spec(
         pan_start = float(rng.uniform(0.0, 1.0)) if pan_change else 0.0
     else:
         actor = _sample_actor(canonical, rng, num_frames, phase)
-    distractors = [_sample_distractor(rng) for _ in range(rng.integers(1, 4))]
-    in_front = rng.uniform(size=len(distractors)) < 0.3
-    spec = ClipSpec(
-        label=canonical,
-        num_frames=num_frames,
-        frame_size=frame_size,
-        actor=actor,
-        behind=tuple(d for d, f in zip(distractors, in_front, strict=True) if not f),
-        front=tuple(d for d, f in zip(distractors, in_front, strict=True) if f),
-        background_seed=int(rng.integers(2**31)),
-        lighting=_pair(rng.uniform(0.85, 1.15, 2)),
-        noise_std=float(rng.uniform(2.0, 8.0) / 255.0),
-        frame_seeds=tuple(int(s) for s in rng.integers(2**31, size=num_frames)),
-        pan=(pan_start, pan_start + pan_change),
-        family=family,
-    )
+    pan = (pan_start, pan_start + pan_change)
+    spec = _scene(canonical, actor, rng, num_frames, frame_size, pan, family)
     return spec if label == canonical else reverse_spec(spec)
+
+
+def sample_still_spec(
+    label: int, rng: np.random.Generator, frame_size: int = 64, num_frames: int = 2
+) -> ClipSpec:
+    """A still scene of class ``label`` of ``ORIENTATION_CLASSES``, for frame-level
+    pretraining (the stand-in for ImageNet): a clip's actor that does not turn, at an angle
+    drawn uniformly in the label's bin, its texture fixed to its body (so the angle shows
+    where the outline's symmetry hides it), among distractors as in a clip; only the
+    distractors, the lighting and the noise change between frames."""
+    if not 0 <= label < len(ORIENTATION_CLASSES):
+        raise ValueError(f"label must be in [0, {len(ORIENTATION_CLASSES) - 1}], got {label}")
+    _check_geometry(num_frames, frame_size)
+    idle = _idle_actor(rng)
+    angle = float((label + rng.uniform()) * 360.0 / len(ORIENTATION_CLASSES))
+    pose = dataclasses.replace(idle.start, angle=angle)
+    actor = dataclasses.replace(idle, start=pose, end=pose, texture_angle=0.0)
+    return _scene(label, actor, rng, num_frames, frame_size, family="orientation")
 
 
 def _reverse_sprite(sprite: Sprite) -> Sprite:
