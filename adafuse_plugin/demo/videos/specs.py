@@ -140,7 +140,7 @@ class ClipSpec:
     deviation of the pixel noise (in ``[0, 1]`` intensity units) and ``frame_seeds`` seed the
     noise of each frame. ``pan`` is the background's horizontal offset (fraction of the
     width, wrapping around) at the first and last frame; ``family`` names the class list
-    ``label`` indexes (``FAMILIES``).
+    ``label`` indexes (``FAMILIES``; ``"orientation"``: `sample_still_spec`'s stills).
     """
 
     label: int
