@@ -61,6 +61,7 @@ PRETRAINING = (
     "family",
     "schedule",
     "backbone_init",
+    "backbone_lr_mult",
 )
 #: Settings that do not change a run's result (``--pretrained`` reuses adapted runs when
 #: all the others agree).
@@ -442,6 +443,12 @@ def main() -> None:
         help="a torchvision ResNet-18 state dict TSN and TSM start from (frame-level "
         "pretraining: benchmarks/frame_pretrain.py); default: from scratch",
     )
+    parser.add_argument(
+        "--backbone-lr-mult",
+        type=float,
+        default=1.0,
+        help="with --backbone-init: the backbone's lr / the head's lr",
+    )
     parser.add_argument("--adapt-epochs", type=int, default=10)
     parser.add_argument("--adapt-lr", type=float, default=5e-4)
     parser.add_argument(
@@ -520,6 +527,7 @@ def main() -> None:
         family=args.family,
         data=args.data,
         backbone_init=args.backbone_init,
+        backbone_lr_mult=args.backbone_lr_mult,
     )
     if args.grid_report:
         print(grid_report(args.out))
@@ -554,13 +562,15 @@ def main() -> None:
     if args.pretrained is not None:
         earlier = finished_runs(args.pretrained)
         now = dataclasses.asdict(settings)
-        differ = [k for k in PRETRAINING if earlier["settings"].get(k) != now[k]]
+        # Settings added since that run was recorded: their defaults keep the old behaviour.
+        recorded = {**dataclasses.asdict(DemoSettings()), **earlier["settings"]}
+        differ = [k for k in PRETRAINING if recorded[k] != now[k]]
         if differ:
             raise SystemExit(f"{args.pretrained} was pretrained with other {', '.join(differ)}")
         names = {v.name for v in PRETRAINED}
         runs = [r for r in earlier["results"] if r["seed"] in args.seeds]
         results = [r for r in runs if r["model"] in names]
-        same = all(earlier["settings"].get(k) == v for k, v in now.items() if k not in RUN_ONLY)
+        same = all(recorded[k] == v for k, v in now.items() if k not in RUN_ONLY)
         if same and not args.pretrain_only:
             reused = [r for r in runs if r["model"] not in names]  # adapted the same way
     have = {(r["model"], r["seed"]) for r in results}

@@ -189,3 +189,40 @@ def test_backbone_init_loads_a_torchvision_state_dict_into_tsn_and_tsm(tmp_path)
             assert torch.equal(loaded[ours], source[theirs]), (variant.name, ours)
     adapted = build_config(VARIANTS[2], settings, tmp_path, tmp_path / "a", 4, load_from=path)
     assert adapted.model.backbone.pretrained is None and adapted.load_from == str(path)
+
+
+def test_pretrained_backbone_learns_at_its_own_lr(tmp_path):
+    """With ``backbone_init`` the backbone's parameter groups get ``backbone_lr_mult`` times
+    the lr, the head the lr itself, and a from-scratch AdaFuse model's policy nets keep
+    their own multiplier; adapted models (``init_from``) are untouched."""
+    import torch
+    from mmaction.registry import MODELS
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+
+    import adafuse_plugin.mmaction  # noqa: F401  (registers AdaFuseRecognizer2D)
+    from adafuse_plugin.demo import VARIANTS, DemoSettings, Variant, build_config
+
+    init_default_scope("mmaction")
+    path = tmp_path / "frames.pth"
+    torch.save({}, path)
+    settings = DemoSettings(frame_size=32, num_frames=4, backbone_init=str(path), lr=1e-3)
+    settings.backbone_lr_mult, settings.policy_lr_mult = 0.1, 10.0
+    scratch = Variant("AdaFuse from scratch", "tsm", "adafuse")
+
+    def lrs(variant, load_from=None):
+        cfg = build_config(variant, settings, tmp_path, tmp_path / "w", 4, load_from=load_from)
+        model = MODELS.build(cfg.model)
+        optimizer = build_optim_wrapper(model, cfg.optim_wrapper).optimizer
+        by_param = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        return {name: by_param[id(p)] for name, p in model.named_parameters()}
+
+    for variant in (VARIANTS[1], scratch):
+        for name, lr in lrs(variant).items():
+            expected = 1e-3 if name.startswith("cls_head.") else 1e-4
+            if ".adafuse." in name:
+                expected = 1e-2
+            assert lr == pytest.approx(expected), (variant.name, name)
+    adapted = lrs(VARIANTS[3], load_from=path)  # AdaFuse-TSM: from its TSM, at adapt_lr
+    base = settings.adapt_lr
+    assert {lr / base for name, lr in adapted.items() if ".adafuse." not in name} == {1.0}

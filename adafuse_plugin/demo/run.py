@@ -82,6 +82,10 @@ class DemoSettings:
     #: A torchvision ResNet state dict the plain models (TSN / TSM) start from, loaded
     #: through ``backbone.pretrained`` as ImageNet weights are (frame-level pretraining).
     backbone_init: str | None = None
+    #: With ``backbone_init``: the pretrained backbone's lr as a multiple of the head's, so
+    #: that training on the videos refines what the pretraining learned instead of
+    #: overwriting it (ImageNet fine-tuning's usual lower backbone lr).
+    backbone_lr_mult: float = 1.0
     adapt_epochs: int = 10  # variants with init_from: fine-tuning epochs
     adapt_lr: float = 5e-4  # and their peak learning rate
     policy_lr_mult: float = 10.0  # the policy nets' lr, as a multiple of the model's
@@ -184,9 +188,11 @@ def build_config(
     # backbone at its small fine-tuning lr, freshly initialised policies otherwise stay
     # at their initial uniform mix (docs/results.md); the authors' --gate_lr_factor.
     cfg.optim_wrapper.constructor = "DefaultOptimWrapperConstructor"
-    cfg.optim_wrapper.paramwise_cfg = dict(
-        custom_keys={f".{GATE_ATTR}.": dict(lr_mult=settings.policy_lr_mult)}
-    )
+    custom_keys = {f".{GATE_ATTR}.": dict(lr_mult=settings.policy_lr_mult)}
+    if settings.backbone_init is not None and variant.init_from is None:
+        # mmengine matches the longest key first: the policy nets keep their own multiplier.
+        custom_keys["backbone."] = dict(lr_mult=settings.backbone_lr_mult)
+    cfg.optim_wrapper.paramwise_cfg = dict(custom_keys=custom_keys)
     # Warm-up, then cosine decay; both scale each parameter group's own lr, so the policy
     # multiplier holds throughout (OneCycleLR would set one absolute lr for every group).
     # A warm-up of a few epochs matters from scratch: with a one-epoch warm-up, AdamW at
