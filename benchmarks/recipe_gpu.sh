@@ -14,7 +14,8 @@
 # missing ones run): the whole sweep (16 adapted models per seed and family) takes about
 # 15 minutes on 16 cores, so it fits two calls of 10 minutes. With INIT=FILE (a frame-level
 # pretrained backbone, benchmarks/frame_pretrain.py) TSN and TSM start from it
-# (recipe.py --backbone-init); the grid's runs, from scratch, are then not reused.
+# (recipe.py --backbone-init) with its lr times BACKBONE_LR_MULT (default 1); the grid's
+# runs, from scratch, are then not reused.
 set -u
 OUT=${1:?usage: recipe_gpu.sh OUT grid|sweep|all}
 STAGE=${2:-all}
@@ -23,6 +24,7 @@ SIZE=${SIZE:-medium}
 WORKERS=${WORKERS:-7}
 DEADLINE=${DEADLINE:-100000}
 INIT=${INIT:-}
+BACKBONE_LR_MULT=${BACKBONE_LR_MULT:-1}
 GRID=("32 small" "64 small" "64 medium")
 FAMILIES=(motion cycles)
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
@@ -69,7 +71,7 @@ if [[ $STAGE == sweep || $STAGE == all ]]; then
         grid="$OUT/grid-$family-$FRAME-$SIZE"
         reuse=()
         init=()
-        [[ -n $INIT ]] && init=(--backbone-init "$INIT")
+        [[ -n $INIT ]] && init=(--backbone-init "$INIT" --backbone-lr-mult "$BACKBONE_LR_MULT")
         [[ -f $grid/recipe.json && -z $INIT ]] && reuse=(--pretrained "$grid")
         if [[ -f $OUT/recipe-$family/runs.jsonl ]]; then  # a sweep cut short: go on from it
             done_runs="$OUT/recipe-$family.done-$(date +%s)"

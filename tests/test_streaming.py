@@ -397,24 +397,43 @@ def test_mmaction2_temporal_shift_is_rejected():
 def test_mode_timer_tries_each_mode_then_takes_the_fastest():
     timer = _ModeTimer(explore_every=4, trials=2, explore_within=10.0)
     modes = ("per-group", "pack-now", "dense")
-    per_group_rate, pack_rate, dense = 0.5e-3, 2e-3, 2e-3
+    seconds = {"per-group": 3e-3, "pack-now": 12e-3, "dense": 2e-3}
     tried = []
     for _ in range(6):  # two runs each: the first (primitive creation) is dropped
         mode = timer.choose(modes, 6)
         slow = 50 if mode not in tried else 1
         tried.append(mode)
-        seconds = {"per-group": 6 * per_group_rate, "pack-now": 6 * pack_rate, "dense": dense}
         timer.record(mode, 6, seconds[mode] * slow)
     assert sorted(tried) == sorted(modes * 2)
-    # 6 groups: dense 2 ms < per-group 3 ms < pack-now 12 ms; every 4th choice runs
-    # another mode, in turn
+    # dense 2 ms < per-group 3 ms < pack-now 12 ms; every 4th choice runs another mode,
+    # in turn
     picks = [timer.choose(modes, 6) for _ in range(8)]
     assert picks == ["dense"] * 3 + ["per-group"] + ["dense"] * 3 + ["pack-now"]
-    # 2 groups: per-group 1 ms (the per-group rate carries over to other sizes)
-    assert timer.choose(modes, 2) == "per-group"
     # modes estimated beyond explore_within x the best are not re-timed
     timer._explore_within = 2.0
     assert set(timer.choose(modes, 6) for _ in range(16)) == {"dense", "per-group"}
+
+
+def test_mode_timer_estimates_each_size_class_from_its_own_calls():
+    """A sparse mode's cost is per call within a size class (channels rounded up to a
+    power of two): one channel may cost the direct kernel as much as sixteen, so a
+    per-channel rate measured on large selections must not price small ones."""
+    timer = _ModeTimer(explore_every=10**6, trials=2)
+    cost = {"direct": lambda k: 1e-3 * -(-k // 16), "gemm": lambda k: 0.2e-3 * k}
+    modes = ("direct", "gemm", "dense")
+    for selected in (1, 13, 17, 40):
+        for _ in range(6):  # every mode twice per class, the first run dropped
+            mode = timer.choose(modes, selected)
+            timer.record(mode, selected, cost[mode](selected) if mode in cost else 2.5e-3)
+    assert timer.choose(modes, 1) == "gemm"  # 0.2 ms against direct's 1 ms
+    assert timer.choose(modes, 16) == "direct"  # the 13-channel calls: 1 ms, gemm 2.6 ms
+    assert timer.choose(modes, 30) == "direct"  # class 17-32: 2 ms, gemm 3.4 ms, dense 2.5
+    assert timer.choose(modes, 64) == "dense"  # class 33-64: direct 3 ms
+    # a class never timed is tried first
+    assert timer.choose(modes, 2) == "direct"
+    grouped = _ModeTimer(group_channels=32)
+    assert grouped._key("gemm", 3) == grouped._key("gemm", 4) != grouped._key("gemm", 5)
+    assert grouped._key("dense", 1) == grouped._key("dense", 9)
 
 
 def test_mode_timer_ignores_a_stall():

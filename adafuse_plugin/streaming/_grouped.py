@@ -113,7 +113,7 @@ class _GroupedConv:
         self._group_convs: list[_Conv] | None = None
         self._group_shapes: set[tuple[int, ...]] = set()
         timed = tuning.dense_fallback != "always" and on_cpu
-        self._timer = _ModeTimer() if timed else None
+        self._timer = _ModeTimer(size) if timed else None
         self.mode_counts: collections.Counter[str] = collections.Counter()
 
     def _per_group(self, x: torch.Tensor) -> list[_Conv]:

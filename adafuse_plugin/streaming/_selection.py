@@ -71,38 +71,49 @@ class _ModeTimer:
     """Online cost model of one conv: which way of running a selection that is not cached
     is fastest on this machine, right now.
 
-    A dense run costs the same whatever is selected; the sparse modes cost about their
-    number of selected groups times a per-group rate. Keeps the last few measured
-    seconds (per group, for sparse modes) per mode; an estimate is their minimum (other
-    processes only ever add time, so a stalled run must not bar a mode). Each mode runs
-    ``trials`` times before estimates are compared, its first run dropped (a first call
-    of a new shape also creates oneDNN primitives); then every ``explore_every``
-    choices another mode runs instead (in turn, among those estimated at most
-    ``explore_within`` times the best: re-timing a hopeless mode costs more than it can
-    tell), so the estimates follow the machine.
+    A dense run costs the same whatever is selected. A sparse mode's cost is not
+    proportional to its selection: the kernels fill 16-channel vectors and every call
+    has fixed costs (one channel can cost as much as sixteen), so its cost is estimated
+    per size class, the selected channels rounded up to a power of two, as the time of a
+    call of that class. Keeps the last few measured seconds per mode and class;
+    an estimate is their minimum (other processes only ever add time, so a stalled run
+    must not bar a mode). Each mode runs ``trials`` times per class before estimates
+    are compared, its first run dropped (a first call of a new shape also creates
+    oneDNN primitives); then every ``explore_every`` choices another mode runs instead
+    (in turn, among those estimated at most ``explore_within`` times the best:
+    re-timing a hopeless mode costs more than it can tell), so the estimates follow
+    the machine.
     """
 
     def __init__(
         self,
+        group_channels: int = 1,
         explore_every: int = 64,
         samples: int = 5,
         trials: int = 3,
         explore_within: float = 2.0,
     ) -> None:
+        self._group_channels = group_channels
         self._explore_every, self._samples, self._trials = explore_every, samples, trials
         self._explore_within = explore_within
-        self._times: dict[str, collections.deque[float]] = {}
+        self._times: dict[tuple[str, int], collections.deque[float]] = {}
         self._choices = 0
 
+    def _key(self, mode: str, selected: int) -> tuple[str, int]:
+        """(mode, size class of ``selected`` groups); dense runs have one class."""
+        if mode == _DENSE:
+            return mode, 0
+        return mode, (selected * self._group_channels - 1).bit_length()
+
     def choose(self, modes: Sequence[str], selected: int) -> str:
-        """The mode to run ``selected`` groups with: an untried one first, else the one
-        with the lowest estimate (now and then another one close to it)."""
+        """The mode to run ``selected`` groups with: one untried in this size class first,
+        else the one with the lowest estimate (now and then another one close to it)."""
         estimates = []
         for mode in modes:
-            times = self._times.get(mode)
+            times = self._times.get(self._key(mode, selected))
             if times is None or len(times) < self._trials - 1:
                 return mode
-            estimates.append((min(times) * (1 if mode == _DENSE else selected), mode))
+            estimates.append((min(times), mode))
         estimates.sort()
         self._choices += 1
         explorations, rest = divmod(self._choices, self._explore_every)
@@ -113,8 +124,9 @@ class _ModeTimer:
         return others[(explorations - 1) % len(others)]
 
     def record(self, mode: str, selected: int, seconds: float) -> None:
-        times = self._times.get(mode)
+        key = self._key(mode, selected)
+        times = self._times.get(key)
         if times is None:  # the first run also paid for primitive creation: dropped
-            self._times[mode] = collections.deque(maxlen=self._samples)
+            self._times[key] = collections.deque(maxlen=self._samples)
         else:
-            times.append(seconds if mode == _DENSE else seconds / selected)
+            times.append(seconds)
