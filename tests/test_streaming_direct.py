@@ -87,6 +87,37 @@ def test_direct_conv_matches_conv2d(c_in, c_out, k, stride, pad, size, share):
     assert_close(got, reference(inputs))
 
 
+@pytest.mark.parametrize(
+    ("c_in", "kernel", "pad", "size", "count"),
+    [(64, 3, 1, 20, 1), (64, 3, 1, 21, 5), (40, 3, 1, 56, 16), (24, 1, 0, 33, 7), (16, 5, 2, 9, 3)],
+)
+def test_few_outputs_run_planar_and_match_conv2d(monkeypatch, c_in, kernel, pad, size, count):
+    """Up to 16 output channels of a stride-1 conv run on the planar kernel (pixel lanes
+    along an output row), equal to conv2d: odd widths, 1x1 and 5x5 kernels."""
+    generator = torch.Generator().manual_seed(c_in + size + count)
+    weight = torch.randn(48, c_in, kernel, kernel, generator=generator)
+    bias = torch.randn(48, generator=generator)
+    conv = _Conv(weight, bias, [1, 1], [pad] * 2, [1, 1], 1, "mkldnn")
+    x = channels_last(torch.randn(2, c_in, size, size, generator=generator))
+    calls = []
+    planar = _direct.subset_conv_planar
+    monkeypatch.setattr(_direct, "subset_conv_planar", lambda *a: calls.append(1) or planar(*a))
+    outputs = subset(48, count / 48, generator)
+    got = conv.direct([(x, None)], RELU, outputs=outputs)
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), 1, pad)[:, outputs]
+    assert_close(got, F.relu(expected))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert calls == [1]
+    # 17 outputs, a stride of 2 or more than 64 columns: another kernel
+    for conv_, x_, outputs_ in (
+        (conv, x, subset(48, 17 / 48, generator)),
+        (_Conv(weight, bias, [2, 2], [pad] * 2, [1, 1], 1, "mkldnn"), x, outputs),
+        (conv, channels_last(torch.randn(1, c_in, 3, 70, generator=generator)), outputs),
+    ):
+        conv_.direct([(x_, None)], outputs=outputs_)
+    assert calls == [1]
+
+
 def test_direct_conv_rejects_bad_arguments():
     x = torch.zeros(1, 4, 4, 4)
     blocks = torch.zeros(1, 9, 8, 64)
@@ -102,6 +133,11 @@ def test_direct_conv_rejects_bad_arguments():
         _direct.pack_blocks(weight, torch.tensor([8]))
     with pytest.raises(RuntimeError, match="out of its source's channels"):
         _direct.gather_channels([(torch.zeros(1, 4, 3, 3), torch.tensor([4]))])
+    rows_major = torch.zeros(8, 9 * 4)
+    with pytest.raises(RuntimeError, match="at most 64 output columns"):
+        _direct.subset_conv_planar(x, rows_major, rows % 8, bias, (4, 65), (1, 1), (3, 3), False)
+    with pytest.raises(RuntimeError, match="outputs out of the weight's output channels"):
+        _direct.subset_conv_planar(x, rows_major, rows, bias, (4, 4), (1, 1), (3, 3), False)
 
 
 def test_flop_counter_sees_the_kernels():
@@ -113,7 +149,8 @@ def test_flop_counter_sees_the_kernels():
     inputs, outputs = torch.arange(0, 32, 2), torch.arange(0, 48, 3)
     for kwargs, expected in (
         ({"inputs": inputs}, 2 * 64 * 48 * 16 * 9),
-        ({"outputs": outputs}, 2 * 64 * 16 * 32 * 9),  # channel-major: 16 <= 64 pixels
+        ({"outputs": outputs}, 2 * 64 * 16 * 32 * 9),  # planar: 16 outputs, stride 1
+        ({"outputs": torch.arange(24)}, 2 * 64 * 24 * 32 * 9),  # channel-major: 24 <= 64
     ):
         with FlopCounterMode(display=False) as counter:
             source = (x, inputs) if "inputs" in kwargs else (x, None)

@@ -22,6 +22,11 @@ CHANNELS_LAST = torch.channels_last
 #: kernel tap on shifted views of the padded input (no copy); smaller ones copy the taps
 #: side by side (im2col) for one product with a longer inner dimension, faster there.
 _SHIFTED_MIN_PIXELS = 256
+#: The planar kernel (`_direct.subset_conv_planar`) for a few output channels: it costs the
+#: selected channels only, the channel-major kernel a whole 16-channel vector; measured
+#: break-even 20-32 channels on ResNet-18's stride-1 convs, so up to one vector. Its
+#: pixel lanes are one output row: at most 64 columns.
+_PLANAR_MAX_OUTPUTS, _PLANAR_MAX_WIDTH = 16, 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,6 +362,17 @@ class _Conv:
             # Fewer pixels than selected channels: read the weight rows in place.
             y = _direct.subset_conv_outputs(
                 x, self._rows_output_major(), outputs, self.bias, out_size, geometry, relu
+            )
+            return (y if relu else act(y)).permute(0, 3, 1, 2)
+        if (
+            outputs is not None
+            and add is None
+            and len(outputs) <= _PLANAR_MAX_OUTPUTS
+            and self.stride == [1, 1]
+            and out_size[1] <= _PLANAR_MAX_WIDTH
+        ):
+            y = _direct.subset_conv_planar(
+                x, self._rows_output_major(), outputs, self.bias, out_size, *geometry[1:], relu
             )
             return (y if relu else act(y)).permute(0, 3, 1, 2)
         if outputs is not None:

@@ -4,8 +4,9 @@
 // each block input-major ([block][tap][input channel][64]), so an input-channel subset is
 // a list of contiguous 256-byte rows read in place, and an output-channel subset is a few
 // blocks packed for the call (`pack_blocks`), or, on small maps, computed pixel-major from
-// the rows of an output-major weight (`subset_conv_outputs`). Zero padding is read, never
-// copied. Written with GCC/Clang vector extensions: the compiler emits AVX-512, AVX2 or
+// the rows of an output-major weight (`subset_conv_outputs`), or, for a few channels of a
+// stride-1 conv, row by row from the input made planar (`subset_conv_planar`). Zero
+// padding is read, never copied (the planar copy holds it once). Written with GCC/Clang vector extensions: the compiler emits AVX-512, AVX2 or
 // NEON code for the machine it builds on.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -342,6 +343,138 @@ at::Tensor subset_conv_outputs(const at::Tensor& input, const at::Tensor& weight
   return out;
 }
 
+// A few output channels on large maps, stride 1: the pixels of an output row are the
+// vector lanes, read from the input made planar once per call ([C_in][rows][columns],
+// zero padding included, so every tap of a row is one unaligned load), and each selected
+// output channel's weights are scalars of its output-major row [taps * C_in]. Costs the
+// selected channels only: the channel-major kernel fills a whole 16-channel vector for
+// one channel, and the pixel-major one writes taps * C_in columns of the whole map.
+template <int NR, int NV>
+void planar_row(const float* planes, int64_t plane, int64_t Wp, int64_t C_in,
+                int64_t kernel_h, int64_t kernel_w, const float* const* rows, int64_t y,
+                float (*acc_out)[4 * kLanes]) {
+  vec acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vec{};
+  for (int64_t dy = 0; dy < kernel_h; ++dy) {
+    for (int64_t dx = 0; dx < kernel_w; ++dx) {
+      const int64_t k0 = (dy * kernel_w + dx) * C_in;
+      const float* source = planes + (y + dy) * Wp + dx;
+      for (int64_t c = 0; c < C_in; ++c, source += plane) {
+        vec x[NV];
+        for (int v = 0; v < NV; ++v) x[v] = load(source + v * kLanes);
+        for (int r = 0; r < NR; ++r) {
+          const float s = rows[r][k0 + c];
+          for (int v = 0; v < NV; ++v) acc[r][v] += s * x[v];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) store(acc_out[r] + v * kLanes, acc[r][v]);
+}
+
+template <int NR>
+void planar_row_vectors(int vectors, const float* planes, int64_t plane, int64_t Wp,
+                        int64_t C_in, int64_t kernel_h, int64_t kernel_w,
+                        const float* const* rows, int64_t y, float (*acc)[4 * kLanes]) {
+  switch (vectors) {
+    case 1: return planar_row<NR, 1>(planes, plane, Wp, C_in, kernel_h, kernel_w, rows, y, acc);
+    case 2: return planar_row<NR, 2>(planes, plane, Wp, C_in, kernel_h, kernel_w, rows, y, acc);
+    case 3: return planar_row<NR, 3>(planes, plane, Wp, C_in, kernel_h, kernel_w, rows, y, acc);
+    default: return planar_row<NR, 4>(planes, plane, Wp, C_in, kernel_h, kernel_w, rows, y, acc);
+  }
+}
+
+at::Tensor subset_conv_planar(const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& outputs, const at::Tensor& bias, int64_t out_h,
+                              int64_t out_w, int64_t pad_h, int64_t pad_w, int64_t kernel_h,
+                              int64_t kernel_w, bool relu) {
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous() && input.scalar_type() == at::kFloat,
+              "input: a contiguous float32 [N, H, W, C_in] tensor");
+  const int64_t N = input.size(0), H = input.size(1), W = input.size(2), C_in = input.size(3);
+  const int64_t K = kernel_h * kernel_w * C_in;
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.size(1) == K &&
+                  weight.scalar_type() == at::kFloat,
+              "weight: a contiguous float32 [C_out, taps * C_in] tensor");
+  TORCH_CHECK(outputs.dim() == 1 && outputs.is_contiguous() &&
+                  outputs.scalar_type() == at::kLong,
+              "outputs: int64 output channels");
+  TORCH_CHECK(bias.is_contiguous() && bias.numel() == weight.size(0) &&
+                  bias.scalar_type() == at::kFloat,
+              "bias: a contiguous float32 vector with one value per output channel");
+  TORCH_CHECK(out_w >= 1 && out_w <= 4 * kLanes && out_h >= 1 &&
+                  out_h - 1 + kernel_h <= H + 2 * pad_h && out_w - 1 + kernel_w <= W + 2 * pad_w,
+              "stride 1, at most 64 output columns, an output size that fits the padded input");
+  const int64_t count = outputs.numel();
+  const int64_t* index = outputs.data_ptr<int64_t>();
+  for (int64_t j = 0; j < count; ++j) {
+    TORCH_CHECK(index[j] >= 0 && index[j] < weight.size(0),
+                "outputs out of the weight's output channels");
+  }
+  const int vectors = static_cast<int>((out_w + kLanes - 1) / kLanes);
+  // Rows and columns of a plane: the padded input, and columns up to the last lane read.
+  const int64_t Hp = out_h - 1 + kernel_h, Wp = vectors * kLanes + kernel_w - 1;
+  const int64_t plane = Hp * Wp;
+  auto planes = at::zeros({N, C_in, Hp, Wp}, input.options());
+  const float* g = input.data_ptr<float>();
+  float* pl = planes.data_ptr<float>();
+  at::parallel_for(0, N * Hp, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / Hp, row = i % Hp, h = row - pad_h;
+      if (h < 0 || h >= H) continue;
+      float* dst = pl + n * C_in * plane + row * Wp + pad_w;
+      const float* src = g + (n * H + h) * W * C_in;
+      const int64_t width = std::min(W, Wp - pad_w);
+      for (int64_t w = 0; w < width; ++w)
+        for (int64_t c = 0; c < C_in; ++c) dst[c * plane + w] = src[w * C_in + c];
+    }
+  });
+  constexpr int kRows = 4;  // output channels per tile: 4 x 4 accumulators
+  const int64_t row_tiles = (count + kRows - 1) / kRows;
+  auto out = at::empty({N, out_h, out_w, count}, input.options());
+  const float* w = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, N * out_h * row_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / (out_h * row_tiles), y = i / row_tiles % out_h;
+      const int64_t r0 = i % row_tiles * kRows;
+      const int nr = static_cast<int>(std::min<int64_t>(kRows, count - r0));
+      const float* rows[kRows];
+      for (int r = 0; r < nr; ++r) rows[r] = w + index[r0 + r] * K;
+      float acc[kRows][4 * kLanes];
+      const float* planes_n = pl + n * C_in * plane;
+      switch (nr) {
+        case 1:
+          planar_row_vectors<1>(vectors, planes_n, plane, Wp, C_in, kernel_h, kernel_w, rows, y,
+                                acc);
+          break;
+        case 2:
+          planar_row_vectors<2>(vectors, planes_n, plane, Wp, C_in, kernel_h, kernel_w, rows, y,
+                                acc);
+          break;
+        case 3:
+          planar_row_vectors<3>(vectors, planes_n, plane, Wp, C_in, kernel_h, kernel_w, rows, y,
+                                acc);
+          break;
+        default:
+          planar_row_vectors<kRows>(vectors, planes_n, plane, Wp, C_in, kernel_h, kernel_w, rows,
+                                    y, acc);
+      }
+      for (int r = 0; r < nr; ++r) {
+        const float shift = b[index[r0 + r]];
+        float* dst = o + (n * out_h + y) * out_w * count + r0 + r;
+        for (int64_t x = 0; x < out_w; ++x) {
+          const float value = acc[r][x] + shift;
+          dst[x * count] = relu && value < 0 ? 0.f : value;
+        }
+      }
+    }
+  });
+  return out;
+}
+
 // The input `subset_conv` reads: channels of NHWC ``sources`` side by side (all of a
 // source's channels, or those its index lists), in one pass.
 at::Tensor gather_channels(at::TensorList sources, at::TensorList indices) {
@@ -410,6 +543,10 @@ TORCH_LIBRARY(adafuse_direct, m) {
       "subset_conv_outputs(Tensor input, Tensor weight, Tensor outputs, Tensor bias, "
       "int out_h, int out_w, int stride_h, int stride_w, int pad_h, int pad_w, "
       "int kernel_h, int kernel_w, bool relu) -> Tensor");
+  m.def(
+      "subset_conv_planar(Tensor input, Tensor weight, Tensor outputs, Tensor bias, "
+      "int out_h, int out_w, int pad_h, int pad_w, int kernel_h, int kernel_w, bool relu) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(adafuse_direct, CPU, m) {
@@ -417,4 +554,5 @@ TORCH_LIBRARY_IMPL(adafuse_direct, CPU, m) {
   m.impl("pack_blocks", &pack_blocks);
   m.impl("gather_channels", &gather_channels);
   m.impl("subset_conv_outputs", &subset_conv_outputs);
+  m.impl("subset_conv_planar", &subset_conv_planar);
 }

@@ -131,7 +131,12 @@ def _register_flops() -> None:
         return 2 * n * out_h * out_w * out_channels * weight_shape[1]
 
     ops = torch.ops.adafuse_direct
-    for op, formula in ((ops.subset_conv, inputs_flops), (ops.subset_conv_outputs, outputs_flops)):
+    formulas = (
+        (ops.subset_conv, inputs_flops),
+        (ops.subset_conv_outputs, outputs_flops),
+        (ops.subset_conv_planar, outputs_flops),
+    )
+    for op, formula in formulas:
         if op not in flop_counter.flop_registry:
             flop_counter.register_flop_formula(op)(formula)
 
@@ -176,6 +181,26 @@ def subset_conv_outputs(
     (stride, padding, kernel) = geometry
     return torch.ops.adafuse_direct.subset_conv_outputs(
         x, output_major, outputs, bias, *out_size, *stride, *padding, *kernel, relu
+    )
+
+
+def subset_conv_planar(
+    x: torch.Tensor,
+    output_major: torch.Tensor,
+    outputs: torch.Tensor,
+    bias: torch.Tensor,
+    out_size: tuple[int, int],
+    padding: tuple[int, int],
+    kernel: tuple[int, int],
+    relu: bool,
+) -> torch.Tensor:
+    """conv + bias (then ReLU) for a few output channels ``outputs`` of a stride-1 conv,
+    NHWC in and out, with an output row's pixels as vector lanes (at most 64 columns):
+    costs the selected channels only, where the channel-major kernel fills whole
+    16-channel vectors."""
+    _require()
+    return torch.ops.adafuse_direct.subset_conv_planar(
+        x, output_major, outputs, bias, *out_size, *padding, *kernel, relu
     )
 
 
