@@ -98,7 +98,8 @@ PATHS: dict[str, dict[str, object]] = {
     "oneDNN": {"gemm": False, "bucket_channels": 1, "direct": False},
     "+bucket": {"gemm": False, "bucket_channels": 16, "direct": False},
     "+gemm": {"gemm": True, "bucket_channels": 1, "direct": False},
-    "+direct": {"gemm": False, "bucket_channels": 1, "direct": True},
+    "+direct": {"gemm": False, "bucket_channels": 1, "direct": True, "planar": False},
+    "all-planar": {"gemm": True, "bucket_channels": 16, "direct": True, "planar": False},
     "all": {"gemm": True, "bucket_channels": 16, "direct": True},
 }
 
@@ -340,7 +341,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["all"],
         choices=tuple(PATHS),
         help="selection paths on (one variant each): oneDNN only, + rounded-up channel "
-        "counts, + matrix products, + the compiled direct conv, all",
+        "counts, + matrix products, + the compiled direct conv, all but the planar "
+        "kernel for few output channels, all",
     )
     parser.add_argument(
         "--cache-size",

@@ -162,6 +162,24 @@ def test_flop_counter_sees_the_kernels():
     assert counter.get_total_flops() == 2 * 9 * 16 * 32 * 9
 
 
+@pytest.mark.parametrize("planar", [True, False])
+def test_runner_with_and_without_the_planar_kernel(monkeypatch, planar):
+    """Every selection forced through the compiled kernels: per-channel decisions give
+    first convs of a few output channels, which run planar only when allowed, and the
+    frames, decisions and Eq. 5 FLOPs equal the patched model's either way."""
+    from .test_streaming import _always
+
+    calls = []
+    kernel = _direct.subset_conv_planar
+    monkeypatch.setattr(_direct, "subset_conv_planar", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(_ModeTimer, "choose", _always("direct"))
+    frames = 3
+    model = build("resnet18", frames, granularity=1)
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback="never", planar=planar)
+    assert_matches(model, runner, torch.randn(frames, 3, SIZE, SIZE))
+    assert bool(calls) == planar
+
+
 def test_runner_goes_on_without_a_compiler(monkeypatch):
     """A kernel that cannot be built is reported, and the runner streams exactly without it."""
 

@@ -343,13 +343,15 @@ class _Conv:
         *,
         outputs: torch.Tensor | None = None,
         inputs: torch.Tensor | None = None,
+        planar: bool = True,
     ) -> torch.Tensor:
         """`gemm`'s contract, run by the compiled kernels on ``sources`` (channels-last
         tensors, each with the positions of its channels taking part, or None for all,
         gathered side by side in one pass): act(conv(x) + bias + add) for the output
         channels ``outputs`` only, or with x holding only the input channels ``inputs``
-        (their weight rows read in place from the blocks laid out once). Zero padding is
-        read by the kernels, never copied."""
+        (their weight rows read in place from the blocks laid out once); ``planar``:
+        few output channels of a stride-1 conv may run on the planar kernel. Zero
+        padding is read by the kernels, never copied."""
         x = _direct.gather_channels(sources)
         out_size = self.output_shape(sources[0][0].shape)[2:]
         geometry = (
@@ -365,7 +367,8 @@ class _Conv:
             )
             return (y if relu else act(y)).permute(0, 3, 1, 2)
         if (
-            outputs is not None
+            planar
+            and outputs is not None
             and add is None
             and len(outputs) <= _PLANAR_MAX_OUTPUTS
             and self.stride == [1, 1]

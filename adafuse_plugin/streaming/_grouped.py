@@ -214,7 +214,8 @@ class _GroupedConv:
             y, held = self.conv.gemm(x, act, outputs=index), order
         elif run.mode == _DIRECT:
             index = _channel_index(order, self.size, x.device)
-            y, held = self.conv.direct([(x, None)], act, outputs=index), order
+            y = self.conv.direct([(x, None)], act, outputs=index, planar=self.tuning.planar)
+            held = order
         else:
             y, held = self.conv(x, act), np.arange(self.groups)
         self._timed(run.mode, len(order), start)

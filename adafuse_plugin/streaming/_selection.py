@@ -65,6 +65,7 @@ class _Tuning:
     gemm: bool
     bucket_channels: int
     direct: bool
+    planar: bool
 
 
 class _ModeTimer:

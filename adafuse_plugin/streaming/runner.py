@@ -136,6 +136,9 @@ class StreamingRunner:
             output-channel subset packed per call. Built for this machine on first use
             (``adafuse_plugin.streaming.kernel_status()``); without a C++ compiler the
             runner goes on without it.
+        planar: with ``direct``, run up to 16 output channels of a stride-1 conv on the
+            compiled planar kernel (an output row's pixels as vector lanes), which costs
+            the selected channels only where the direct kernel fills 16-channel vectors.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class StreamingRunner:
         gemm: bool = True,
         bucket_channels: int = 16,
         direct: bool = True,
+        planar: bool = True,
     ) -> None:
         if dense_fallback not in DENSE_FALLBACKS:
             raise AdaFuseStreamingError(
@@ -201,6 +205,7 @@ class StreamingRunner:
             gemm,
             bucket_channels,
             direct,
+            planar,
         )
         self._blocks = self._convert(self._model, tuning)
         _pack_dense_parts(self._model, self.backend)
