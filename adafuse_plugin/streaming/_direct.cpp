@@ -224,6 +224,28 @@ at::Tensor pack_blocks(const at::Tensor& weight, const at::Tensor& outputs) {
 }
 
 
+// The arguments both output-major kernels share: an NHWC input, a weight of rows
+// [C_out][taps * C_in], the selected output channels and the bias.
+void check_output_major(const at::Tensor& input, const at::Tensor& weight,
+                        const at::Tensor& outputs, const at::Tensor& bias, int64_t taps) {
+  TORCH_CHECK(input.dim() == 4 && input.is_contiguous() && input.scalar_type() == at::kFloat,
+              "input: a contiguous float32 [N, H, W, C_in] tensor");
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() &&
+                  weight.size(1) == taps * input.size(3) && weight.scalar_type() == at::kFloat,
+              "weight: a contiguous float32 [C_out, taps * C_in] tensor");
+  TORCH_CHECK(outputs.dim() == 1 && outputs.is_contiguous() &&
+                  outputs.scalar_type() == at::kLong,
+              "outputs: int64 output channels");
+  TORCH_CHECK(bias.is_contiguous() && bias.numel() == weight.size(0) &&
+                  bias.scalar_type() == at::kFloat,
+              "bias: a contiguous float32 vector with one value per output channel");
+  const int64_t* index = outputs.data_ptr<int64_t>();
+  for (int64_t j = 0; j < outputs.numel(); ++j) {
+    TORCH_CHECK(index[j] >= 0 && index[j] < weight.size(0),
+                "outputs out of the weight's output channels");
+  }
+}
+
 // Output-channel subsets on small maps (fewer output pixels than selected channels): the
 // pixels are the vector lanes, so the weight is read in place, one output channel's
 // contiguous row of an output-major weight [C_out][taps * C_in] at a time, and only the
@@ -263,28 +285,15 @@ at::Tensor subset_conv_outputs(const at::Tensor& input, const at::Tensor& weight
                                int64_t out_h, int64_t out_w, int64_t stride_h,
                                int64_t stride_w, int64_t pad_h, int64_t pad_w,
                                int64_t kernel_h, int64_t kernel_w, bool relu) {
-  TORCH_CHECK(input.dim() == 4 && input.is_contiguous() && input.scalar_type() == at::kFloat,
-              "input: a contiguous float32 [N, H, W, C_in] tensor");
-  const int64_t C_in = input.size(3), taps = kernel_h * kernel_w, K = taps * C_in;
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.size(1) == K &&
-                  weight.scalar_type() == at::kFloat,
-              "weight: a contiguous float32 [C_out, taps * C_in] tensor");
-  TORCH_CHECK(outputs.dim() == 1 && outputs.is_contiguous() &&
-                  outputs.scalar_type() == at::kLong,
-              "outputs: int64 output channels");
-  TORCH_CHECK(bias.is_contiguous() && bias.numel() == weight.size(0) &&
-                  bias.scalar_type() == at::kFloat,
-              "bias: a contiguous float32 vector with one value per output channel");
+  const int64_t taps = kernel_h * kernel_w;
+  check_output_major(input, weight, outputs, bias, taps);
+  const int64_t C_in = input.size(3), K = taps * C_in;
   const int64_t H = input.size(1), W = input.size(2);
   TORCH_CHECK(out_h >= 1 && out_w >= 1 && (out_h - 1) * stride_h + kernel_h <= H + 2 * pad_h &&
                   (out_w - 1) * stride_w + kernel_w <= W + 2 * pad_w,
               "the output size does not fit the padded input");
   const int64_t count = outputs.numel();
   const int64_t* index = outputs.data_ptr<int64_t>();
-  for (int64_t j = 0; j < count; ++j) {
-    TORCH_CHECK(index[j] >= 0 && index[j] < weight.size(0),
-                "outputs out of the weight's output channels");
-  }
   const int64_t N = input.size(0), P = out_h * out_w, Ppad = (P + kLanes - 1) / kLanes * kLanes;
   auto out = at::empty({N, out_h, out_w, count}, input.options());
   auto columns = at::empty({N, K, Ppad}, input.options());
@@ -390,28 +399,14 @@ at::Tensor subset_conv_planar(const at::Tensor& input, const at::Tensor& weight,
                               const at::Tensor& outputs, const at::Tensor& bias, int64_t out_h,
                               int64_t out_w, int64_t pad_h, int64_t pad_w, int64_t kernel_h,
                               int64_t kernel_w, bool relu) {
-  TORCH_CHECK(input.dim() == 4 && input.is_contiguous() && input.scalar_type() == at::kFloat,
-              "input: a contiguous float32 [N, H, W, C_in] tensor");
+  check_output_major(input, weight, outputs, bias, kernel_h * kernel_w);
   const int64_t N = input.size(0), H = input.size(1), W = input.size(2), C_in = input.size(3);
   const int64_t K = kernel_h * kernel_w * C_in;
-  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous() && weight.size(1) == K &&
-                  weight.scalar_type() == at::kFloat,
-              "weight: a contiguous float32 [C_out, taps * C_in] tensor");
-  TORCH_CHECK(outputs.dim() == 1 && outputs.is_contiguous() &&
-                  outputs.scalar_type() == at::kLong,
-              "outputs: int64 output channels");
-  TORCH_CHECK(bias.is_contiguous() && bias.numel() == weight.size(0) &&
-                  bias.scalar_type() == at::kFloat,
-              "bias: a contiguous float32 vector with one value per output channel");
   TORCH_CHECK(out_w >= 1 && out_w <= 4 * kLanes && out_h >= 1 &&
                   out_h - 1 + kernel_h <= H + 2 * pad_h && out_w - 1 + kernel_w <= W + 2 * pad_w,
               "stride 1, at most 64 output columns, an output size that fits the padded input");
   const int64_t count = outputs.numel();
   const int64_t* index = outputs.data_ptr<int64_t>();
-  for (int64_t j = 0; j < count; ++j) {
-    TORCH_CHECK(index[j] >= 0 && index[j] < weight.size(0),
-                "outputs out of the weight's output channels");
-  }
   const int vectors = static_cast<int>((out_w + kLanes - 1) / kLanes);
   // Rows and columns of a plane: the padded input, and columns up to the last lane read.
   const int64_t Hp = out_h - 1 + kernel_h, Wp = vectors * kLanes + kernel_w - 1;
