@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,16 +62,15 @@ def accuracy(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
     return correct / sum(len(y) for _, y in batches)
 
 
-def warmup_cosine(steps: int, warmup: float) -> Callable[[int], float]:
-    """The recipe's schedule per step: linear warm-up from 4 %, then cosine decay."""
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, steps: int, warmup: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The recipe's schedule per step: linear warm-up from 4 %, then cosine decay to 0."""
     ramp = max(1, round(warmup * steps))
-
-    def factor(step: int) -> float:
-        if step < ramp:
-            return 0.04 + 0.96 * step / ramp
-        return 0.5 * (1.0 + math.cos(math.pi * (step - ramp) / max(1, steps - ramp)))
-
-    return factor
+    lr_scheduler = torch.optim.lr_scheduler
+    ramp_up = lr_scheduler.LinearLR(optimizer, start_factor=0.04, total_iters=ramp)
+    decay = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps - ramp))
+    return lr_scheduler.SequentialLR(optimizer, [ramp_up, decay], milestones=[ramp])
 
 
 def plot(log: list[dict], path: Path) -> None:
@@ -122,7 +119,7 @@ def main() -> None:
     device = torch.device(args.device)
     model = torchvision.models.resnet18(num_classes=len(ORIENTATION_CLASSES)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps, args.warmup))
+    schedule = warmup_cosine(optimizer, args.steps, args.warmup)
     # Held-out stills from a stream of their own (seed offset), the same for every run.
     test_rng = np.random.default_rng([args.seed, 1])
     chunks = [min(100, args.test_frames - start) for start in range(0, args.test_frames, 100)]
@@ -135,6 +132,7 @@ def main() -> None:
     with tqdm(range(1, args.steps + 1), desc="frame pretraining", unit="step") as bar:
         for step in bar:
             images, labels = still_batch(rng, args.batch_size, args.frame_size, mean, std)
+            lr = schedule.get_last_lr()[0]
             loss = F.cross_entropy(model(images.to(device)), labels.to(device))
             optimizer.zero_grad()
             loss.backward()
@@ -142,7 +140,7 @@ def main() -> None:
             schedule.step()
             tested = step % args.test_every == 0 or step == args.steps
             top1 = accuracy(model, test) if tested else None
-            log.append(dict(step=step, loss=loss.item(), test_top1=top1))
+            log.append(dict(step=step, lr=lr, loss=loss.item(), test_top1=top1))
             bar.set_postfix(
                 loss=f"{loss.item():.3f}", **({"test": f"{top1:.1%}"} if tested else {})
             )

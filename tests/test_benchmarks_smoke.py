@@ -342,9 +342,9 @@ def test_recipe_reports_a_dataset_without_pairs():
 
 @pytest.mark.slow
 def test_frame_pretrain_writes_a_torchvision_backbone(tmp_path):
-    """The frame-level pretraining stand-in trains, tests and saves a state dict that a
-    torchvision ResNet-18 loads with only its classifier missing (what mmaction2's
-    ``backbone.pretrained`` reads; the loading itself: tests/test_demo.py)."""
+    """The frame-level pretraining stand-in trains on the recipe's schedule, tests and
+    saves a state dict that a torchvision ResNet-18 loads with only its classifier missing
+    (what mmaction2's ``backbone.pretrained`` reads; the loading itself: tests/test_demo.py)."""
     import torch
     import torchvision
 
@@ -362,6 +362,8 @@ def test_frame_pretrain_writes_a_torchvision_backbone(tmp_path):
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3]
+    # 3 steps, 10 % warm-up -> one step from 4 % of the peak lr (2e-3), then cosine over two
+    assert [entry["lr"] for entry in log] == pytest.approx([0.04 * 2e-3, 2e-3, 1e-3])
     assert [entry["test_top1"] is not None for entry in log] == [False, True, True]
     assert (tmp_path / "frame_pretrain.png").stat().st_size > 5_000
     assert "test top-1" in done.stdout
