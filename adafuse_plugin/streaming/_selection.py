@@ -66,6 +66,7 @@ class _Tuning:
     bucket_channels: int
     direct: bool
     planar: bool
+    speculate: bool
 
 
 class _ModeTimer:
