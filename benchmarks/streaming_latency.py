@@ -95,18 +95,11 @@ def install_schedules(
 
 #: ``--paths``: which of the runner's selection paths are on (the leads, one at a time).
 PATHS: dict[str, dict[str, object]] = {
-    "oneDNN": {"gemm": False, "bucket_channels": 1, "direct": False, "speculate": False},
-    "+bucket": {"gemm": False, "bucket_channels": 16, "direct": False, "speculate": False},
-    "+gemm": {"gemm": True, "bucket_channels": 1, "direct": False, "speculate": False},
-    "+direct": {
-        "gemm": False,
-        "bucket_channels": 1,
-        "direct": True,
-        "planar": False,
-        "speculate": False,
-    },
+    "oneDNN": {"gemm": False, "bucket_channels": 1, "direct": False},
+    "+bucket": {"gemm": False, "bucket_channels": 16, "direct": False},
+    "+gemm": {"gemm": True, "bucket_channels": 1, "direct": False},
+    "+direct": {"gemm": False, "bucket_channels": 1, "direct": True, "planar": False},
     "all-planar": {"gemm": True, "bucket_channels": 16, "direct": True, "planar": False},
-    "all-speculate": {"gemm": True, "bucket_channels": 16, "direct": True, "speculate": False},
     "all": {"gemm": True, "bucket_channels": 16, "direct": True},
 }
 
@@ -349,7 +342,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=tuple(PATHS),
         help="selection paths on (one variant each): oneDNN only, + rounded-up channel "
         "counts, + matrix products, + the compiled direct conv, all but the planar "
-        "kernel for few output channels, all but speculating on persistent reuse, all",
+        "kernel for few output channels, all",
     )
     parser.add_argument(
         "--cache-size",

@@ -17,7 +17,6 @@ from adafuse_plugin.streaming import (
     StreamingRunner,
     supported_streaming_blocks,
 )
-from adafuse_plugin.streaming._block import _StreamingBlock
 from adafuse_plugin.streaming._selection import _ModeTimer
 
 from .conftest import force_decisions, randomize_norms
@@ -180,12 +179,12 @@ def test_matrix_products_and_rounded_counts_are_exact(mode, granularity, size, m
     """Selections run by `_Conv.gemm`, by the compiled kernels (`_Conv.direct`), or packed
     with their channel count rounded up to the bucket (extra output channels then also
     serve the next frame's reuse), give the patched model's frames; only the rounding
-    executes more than Eq. 5 (speculation, which may too, is off here)."""
+    executes more than Eq. 5."""
     monkeypatch.setattr(_ModeTimer, "choose", _always(mode))
     frames = 4
     model = build("resnet18", frames, granularity=granularity)
     clip = torch.randn(frames, 3, size, size)
-    runner = StreamingRunner(model, record_decisions=True, dense_fallback="timed", speculate=False)
+    runner = StreamingRunner(model, record_decisions=True, dense_fallback="timed")
     assert_matches(model, runner, clip)
     counters, modes = runner.executed_flops, runner.execution_modes()
     assert modes[mode] > 0, modes
@@ -300,64 +299,6 @@ def test_executed_work_cross_checked_by_flop_counter(mode, monkeypatch):
     assert saved == pytest.approx(expected, rel=1e-9)
     if mode is not None:
         assert sparse.execution_modes()[mode] > 0
-
-
-def _first_conv_calls(runner: StreamingRunner) -> int:
-    return sum(sum(block.first.mode_counts.values()) for block in runner._blocks.values())
-
-
-def test_persistent_reuse_is_computed_with_the_kept_groups(monkeypatch):
-    """Reuse decisions that persist (fixed here): with ``speculate`` each block's first
-    conv runs once per frame from the third frame on (the groups reused next computed
-    with those kept now) instead of twice (a late call over the previous input); frames,
-    decisions and Eq. 5 stay the patched model's."""
-    monkeypatch.setattr(_ModeTimer, "choose", _always("gemm"))  # tiny maps: no dense runs
-    frames = 5
-    model = build("resnet18", frames, granularity=16)
-    for _, gate in af.iter_gates(model):
-        force_decisions(gate, ([KEEP, REUSE, SKIP] * gate.groups)[: gate.groups])
-    clip = torch.randn(frames, 3, SIZE, SIZE)
-    calls = {}
-    for speculate in (False, True):
-        runner = StreamingRunner(model, record_decisions=True, speculate=speculate)
-        assert_matches(model, runner, clip)
-        calls[speculate] = _first_conv_calls(runner)
-    blocks = len(runner.block_names)
-    # frame 0 reuses zeros; frame 1 learns that reuse persists, and still runs late
-    assert calls == {False: blocks * (2 * frames - 1), True: blocks * (frames + 1)}
-
-
-def test_speculation_that_misses_stays_exact(monkeypatch):
-    """Input-dependent decisions with speculation forced every frame: groups predicted
-    wrongly are computed and discarded, reused groups not predicted run late; frames,
-    decisions and Eq. 5 stay exact, and the executed FLOPs count the misses."""
-    monkeypatch.setattr(_ModeTimer, "choose", _always("gemm"))
-    monkeypatch.setattr(_StreamingBlock, "_speculates", lambda self, reuse_mask: True)
-    frames = 4
-    model = build("resnet18", frames)
-    runner = StreamingRunner(model, record_decisions=True)
-    decisions = assert_matches(model, runner, torch.randn(frames, 3, SIZE, SIZE))
-    assert mix(decisions)[REUSE] > 0
-    assert runner.executed_flops.total > runner.executed_flops.eq5
-
-
-@pytest.mark.parametrize(("persisting", "speculates"), [(6, True), (4, False)])
-def test_speculation_follows_how_often_reuse_persists(persisting, speculates):
-    """A block speculates once at least half of the groups it reused were reused again at
-    the next frame (decayed counts over recent frames), never before it has seen any."""
-    runner = StreamingRunner(build("resnet18", 2, granularity=1))
-    block = runner._blocks["layer1.0"]
-    answers = []
-    for frame in range(8):  # 10 groups reused per frame, ``persisting`` of them again
-        start = frame * (10 - persisting)
-        actions = np.full(block.groups, SKIP)
-        actions[np.arange(start, start + 10) % block.groups] = REUSE
-        answers.append(block._speculates(actions == REUSE))
-        block.state.actions = actions
-    assert answers == [False] + [speculates] * 7
-    assert (
-        not StreamingRunner(runner._reference, speculate=False)._blocks["layer1.0"]._may_speculate
-    )
 
 
 def test_frame_shapes_and_errors():

@@ -90,14 +90,6 @@ class _BlockState:
     eq5_channels: tuple[int, int] = (0, 0)  # the same, counted by Eq. 5
 
 
-#: Speculation (`_StreamingBlock`): the share of speculated groups that must be reused
-#: at the next frame. A speculated group that is reused costs nothing extra (Eq. 5
-#: charges it either way) and spares the late pass; one that is not costs its channels.
-_SPECULATE_MIN_HITS = 0.5
-#: Decay per frame of the reuse statistics behind the speculation choice.
-_SPECULATE_DECAY = 0.9
-
-
 class _StreamingBlock(nn.Module):
     """Replaces one residual block inside the runner's copy of the model.
 
@@ -151,14 +143,6 @@ class _StreamingBlock(nn.Module):
         self._all_keep = np.full(self.groups, KEEP, np.int64)
         self._shapes: dict[torch.Size, tuple[int, ...]] = {}
         self._second_shapes: dict[torch.Size, tuple[int, ...]] = {}
-        self._may_speculate = (
-            tuning.speculate
-            and tuning.dense_fallback == "timed"
-            and self.may_reuse
-            and first.weight.device.type == "cpu"
-        )
-        # decayed counts over recent frames: groups reused at t-1, and reused again at t
-        self._reused, self._reused_again = 0.0, 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -179,34 +163,18 @@ class _StreamingBlock(nn.Module):
             logits[:, self._forbidden] = float("-inf")
         return logits.argmax(dim=-1).cpu().numpy()
 
-    def _speculates(self, reuse_mask: np.ndarray) -> bool:
-        """Whether this frame's first conv also runs the groups reused now, for the next
-        frame (see ``_SPECULATE_MIN_HITS``); updates the reuse statistics."""
-        previous = self.state.actions
-        if previous is not None:
-            reused_then = previous == REUSE
-            self._reused = _SPECULATE_DECAY * self._reused + np.count_nonzero(reused_then)
-            again = np.count_nonzero(reused_then & reuse_mask)
-            self._reused_again = _SPECULATE_DECAY * self._reused_again + again
-        return self._reused > 0 and self._reused_again >= _SPECULATE_MIN_HITS * self._reused
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=CHANNELS_LAST)
         state = self.state
         actions = self._actions(x)
         keep_mask = actions == KEEP
         keep = np.flatnonzero(keep_mask)
-        reuse_mask = actions == REUSE
-        reuse = np.flatnonzero(reuse_mask)
-        computed = keep
-        if self._may_speculate and self._speculates(reuse_mask) and len(reuse):
-            computed = np.union1d(keep, reuse)
+        reuse = np.flatnonzero(actions == REUSE)
         parts: list[_Part] = []
-        y, held, first_executed = None, computed, 0
-        if len(computed):
-            y, held, first_executed = self.first.outputs_for(x, computed, self.first_act)
-            if len(keep):
-                parts.append(_Part(y, held, keep))
+        y, held, first_executed = None, keep, 0
+        if len(keep):
+            y, held, first_executed = self.first.outputs_for(x, keep, self.first_act)
+            parts.append(_Part(y, held, keep))
         late = reuse[:0]
         if len(reuse):
             if not state.started:  # y_{-1} = 0: the reused history is zeros

@@ -66,7 +66,6 @@ class _Tuning:
     bucket_channels: int
     direct: bool
     planar: bool
-    speculate: bool
 
 
 class _ModeTimer:

@@ -139,12 +139,6 @@ class StreamingRunner:
         planar: with ``direct``, run up to 16 output channels of a stride-1 conv on the
             compiled planar kernel (an output row's pixels as vector lanes), which costs
             the selected channels only where the direct kernel fills 16-channel vectors.
-        speculate: with ``"timed"`` (CPU), a block whose reuse decisions persist (at
-            least half of the groups reused at a frame reused again at the next, over
-            recent frames) runs its first conv also for the groups it reuses now: the
-            next frame finds them held instead of running a second, late call over this
-            frame's input. Eq. 5 charges those channels either way; executed FLOPs grow
-            by the predictions that fail.
     """
 
     def __init__(
@@ -161,7 +155,6 @@ class StreamingRunner:
         bucket_channels: int = 16,
         direct: bool = True,
         planar: bool = True,
-        speculate: bool = True,
     ) -> None:
         if dense_fallback not in DENSE_FALLBACKS:
             raise AdaFuseStreamingError(
@@ -213,7 +206,6 @@ class StreamingRunner:
             bucket_channels,
             direct,
             planar,
-            speculate,
         )
         self._blocks = self._convert(self._model, tuning)
         _pack_dense_parts(self._model, self.backend)
