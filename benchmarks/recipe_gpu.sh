@@ -15,7 +15,8 @@
 # 15 minutes on 16 cores, so it fits two calls of 10 minutes. With INIT=FILE (a frame-level
 # pretrained backbone, benchmarks/frame_pretrain.py) TSN and TSM start from it
 # (recipe.py --backbone-init) with its lr times BACKBONE_LR_MULT (default 1); the grid's
-# runs, from scratch, are then not reused.
+# runs, from scratch, are then not reused. LAMBDAS="0.1 0.3 0.5" sets the sweep's lambdas
+# (default: recipe.py's); from a pretrained backbone a FLOPs budget needs larger ones.
 set -u
 OUT=${1:?usage: recipe_gpu.sh OUT grid|sweep|all}
 STAGE=${2:-all}
@@ -25,6 +26,7 @@ WORKERS=${WORKERS:-7}
 DEADLINE=${DEADLINE:-100000}
 INIT=${INIT:-}
 BACKBONE_LR_MULT=${BACKBONE_LR_MULT:-1}
+LAMBDAS=${LAMBDAS:-}
 GRID=("32 small" "64 small" "64 medium")
 FAMILIES=(motion cycles)
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
@@ -72,6 +74,8 @@ if [[ $STAGE == sweep || $STAGE == all ]]; then
         reuse=()
         init=()
         [[ -n $INIT ]] && init=(--backbone-init "$INIT" --backbone-lr-mult "$BACKBONE_LR_MULT")
+        lambdas=()
+        [[ -n $LAMBDAS ]] && read -ra lambdas <<<"--lambdas $LAMBDAS"
         [[ -f $grid/recipe.json && -z $INIT ]] && reuse=(--pretrained "$grid")
         if [[ -f $OUT/recipe-$family/runs.jsonl ]]; then  # a sweep cut short: go on from it
             done_runs="$OUT/recipe-$family.done-$(date +%s)"
@@ -81,7 +85,7 @@ if [[ $STAGE == sweep || $STAGE == all ]]; then
         fi
         timeout "$left" python benchmarks/recipe.py --family "$family" --frame-size "$FRAME" \
             --size "$SIZE" --seeds 0 1 2 --workers "$WORKERS" ${reuse[@]+"${reuse[@]}"} \
-            ${init[@]+"${init[@]}"} \
+            ${init[@]+"${init[@]}"} ${lambdas[@]+"${lambdas[@]}"} \
             --out "$OUT/recipe-$family" >"$OUT/recipe-$family.log" 2>&1 &
     done
     wait

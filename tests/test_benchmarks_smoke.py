@@ -4,6 +4,7 @@ sessions that have a GPU; its numbers are recorded in docs/gpu.md, never asserte
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -367,3 +368,45 @@ def test_frame_pretrain_writes_a_torchvision_backbone(tmp_path):
     assert [entry["test_top1"] is not None for entry in log] == [False, True, True]
     assert (tmp_path / "frame_pretrain.png").stat().st_size > 5_000
     assert "test top-1" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, []),
+        (
+            {"INIT": "fp.pth", "BACKBONE_LR_MULT": "0.1", "LAMBDAS": "0.1 0.5"},
+            ["--backbone-init", "fp.pth", "--backbone-lr-mult", "0.1", "--lambdas", "0.1", "0.5"],
+        ),
+    ],
+)
+def test_recipe_gpu_sweep_passes_its_settings_to_the_recipe(tmp_path, env, expected):
+    """recipe_gpu.sh's sweep, with a stand-in ``python`` that records its arguments: both
+    families' recipe calls get INIT / BACKBONE_LR_MULT / LAMBDAS, and nothing without them."""
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls"}\n')
+    stub.chmod(0o755)
+    settings = ("INIT", "BACKBONE_LR_MULT", "LAMBDAS")
+    inherited = {k: v for k, v in os.environ.items() if k not in settings}
+    environment = {**inherited, "PATH": f"{stub.parent}:{os.environ['PATH']}", **env}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "recipe_gpu.sh"), str(tmp_path / "out"), "sweep"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    calls = sorted((tmp_path / "calls").read_text().splitlines())
+    assert [call.split()[2] for call in calls] == ["cycles", "motion"]  # --family FAMILY
+    for call in calls:
+        arguments = call.split()
+        assert arguments[0] == "benchmarks/recipe.py" and "--seeds" in arguments
+        out = arguments.index("--out")
+        assert arguments[out - len(expected) : out] == expected
+        flags = [
+            a for a in arguments if a in ("--backbone-init", "--backbone-lr-mult", "--lambdas")
+        ]
+        assert flags == [a for a in expected if a.startswith("--")]
