@@ -37,6 +37,16 @@ def force_decisions(gate: af.AdaFuseGate, actions: list[int]) -> None:
         net.fc2.bias.copy_(bias.flatten())
 
 
+def always_choose(mode: str):
+    """A `_ModeTimer.choose` that picks ``mode`` whenever it is allowed (forces a path)."""
+
+    def choose(self, modes, selected):
+        assert mode in modes, modes
+        return mode
+
+    return choose
+
+
 def randomize_norms(model: nn.Module) -> nn.Module:
     """Give every norm layer random affine weights and running stats.
 

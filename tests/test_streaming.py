@@ -19,7 +19,7 @@ from adafuse_plugin.streaming import (
 )
 from adafuse_plugin.streaming._selection import _ModeTimer
 
-from .conftest import force_decisions, randomize_norms
+from .conftest import always_choose, force_decisions, randomize_norms
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
@@ -180,7 +180,7 @@ def test_matrix_products_and_rounded_counts_are_exact(mode, granularity, size, m
     with their channel count rounded up to the bucket (extra output channels then also
     serve the next frame's reuse), give the patched model's frames; only the rounding
     executes more than Eq. 5."""
-    monkeypatch.setattr(_ModeTimer, "choose", _always(mode))
+    monkeypatch.setattr(_ModeTimer, "choose", always_choose(mode))
     frames = 4
     model = build("resnet18", frames, granularity=granularity)
     clip = torch.randn(frames, 3, size, size)
@@ -263,23 +263,13 @@ def _conv_macs(runner: StreamingRunner, clip: torch.Tensor) -> float:
     return macs - len(clip) * policy
 
 
-def _always(mode: str):
-    """A `_ModeTimer.choose` that picks ``mode`` whenever it is allowed."""
-
-    def choose(self, modes, selected):
-        assert mode in modes, modes
-        return mode
-
-    return choose
-
-
 @pytest.mark.parametrize("mode", [None, "gemm", "direct", "pack-now"])
 def test_executed_work_cross_checked_by_flop_counter(mode, monkeypatch):
     """torch's dispatch-level FlopCounterMode sees what the eager backend really runs:
     the work saved against the dense runner equals the runner's own counters, whichever
     way the selections run (the timer's choice, or forced)."""
     if mode is not None:
-        monkeypatch.setattr(_ModeTimer, "choose", _always(mode))
+        monkeypatch.setattr(_ModeTimer, "choose", always_choose(mode))
     frames = 3
     clip = torch.randn(frames, 3, SIZE, SIZE)
     dense = StreamingRunner(build("resnet18", frames, policy="keep"), backend="eager")

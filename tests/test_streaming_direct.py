@@ -14,6 +14,7 @@ from adafuse_plugin.streaming import StreamingRunner, _direct, kernel_status
 from adafuse_plugin.streaming._conv import _Act, _Conv
 from adafuse_plugin.streaming._selection import _ModeTimer
 
+from .conftest import always_choose
 from .test_streaming import SIZE, assert_matches, build
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -167,12 +168,10 @@ def test_runner_with_and_without_the_planar_kernel(monkeypatch, planar):
     """Every selection forced through the compiled kernels: per-channel decisions give
     first convs of a few output channels, which run planar only when allowed, and the
     frames, decisions and Eq. 5 FLOPs equal the patched model's either way."""
-    from .test_streaming import _always
-
     calls = []
     kernel = _direct.subset_conv_planar
     monkeypatch.setattr(_direct, "subset_conv_planar", lambda *a: calls.append(1) or kernel(*a))
-    monkeypatch.setattr(_ModeTimer, "choose", _always("direct"))
+    monkeypatch.setattr(_ModeTimer, "choose", always_choose("direct"))
     frames = 3
     model = build("resnet18", frames, granularity=1)
     runner = StreamingRunner(model, record_decisions=True, dense_fallback="never", planar=planar)
